@@ -1,0 +1,207 @@
+"""The sampling contract in plain PyTorch: the definition the Triton kernel is held to.
+
+Every rule of ``docs/design.md`` ("Semantics") is implemented here once, vectorised over
+the batch, on any device.  The kernel computes the same float32 quantities with the same
+operations, so kept sets compare exactly; masses are summed in float64 here and in exact
+fixed point in the kernel, so they agree far inside the contract's 1e-6 top-p band.
+
+The draw is the same Gumbel race the kernel runs, on the same Philox-4x32-10 stream keyed
+on (seed, offset, token index): for the same seed and offset, the reference and the kernel
+draw the same token (barring float64 near-ties in the race keys, about 1e-16 apart).
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _args
+
+__all__ = ["sample", "filtered_probs", "probs", "draw", "philox4x32", "gumbel_noise", "keep_mask"]
+
+_M32 = 0xFFFFFFFF
+_PHILOX_ROUND_A = 0xD2511F53
+_PHILOX_ROUND_B = 0xCD9E8D57
+_PHILOX_KEY_A = 0x9E3779B9
+_PHILOX_KEY_B = 0xBB67AE85
+
+
+def _mulhilo32(a: int, b: torch.Tensor):
+    """(hi, lo) 32-bit halves of a * b for a constant a < 2^32 and int64 b in [0, 2^32),
+    without overflowing int64: b is split into 16-bit halves."""
+    b_lo = b & 0xFFFF
+    b_hi = b >> 16
+    p_lo = a * b_lo                      # < 2^48
+    t = a * b_hi + (p_lo >> 16)          # < 2^49
+    hi = t >> 16
+    lo = ((t & 0xFFFF) << 16) | (p_lo & 0xFFFF)
+    return hi, lo
+
+
+def philox4x32(seed: torch.Tensor, c0, c1, c2, c3, n_rounds: int = 10):
+    """Philox-4x32 exactly as ``triton.language.philox`` computes it.
+
+    ``seed`` is int64 (its two 32-bit halves are the key); counters are int64 tensors
+    holding values in [0, 2^32).  Returns four int64 tensors in [0, 2^32).
+    """
+    k0 = seed & _M32
+    k1 = (seed >> 32) & _M32
+    for _ in range(n_rounds):
+        hi_b, lo_b = _mulhilo32(_PHILOX_ROUND_B, c2)
+        hi_a, lo_a = _mulhilo32(_PHILOX_ROUND_A, c0)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0 = (k0 + _PHILOX_KEY_A) & _M32
+        k1 = (k1 + _PHILOX_KEY_B) & _M32
+    return c0, c1, c2, c3
+
+
+def _log1p_neg(v: torch.Tensor) -> torch.Tensor:
+    """log(1 - v) for float32 v in (0, 0.5), accurate for tiny v (Kahan's log1p trick)."""
+    w = 1.0 - v
+    return torch.where(w == 1.0, -v, torch.log(w) * (-v) / (w - 1.0))
+
+
+def gumbel_noise(seed: torch.Tensor, offset: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Standard Gumbel noise G[b, i] for token i of row b, float32, from a 53-bit uniform.
+
+    U = 1 - (n + 1/2) / 2^53 with n the top 53 bits of Philox words 0 and 1 of counter
+    (i, 0, offset_lo, offset_hi) under key ``seed``; never 0 or 1.  E = -log U is computed
+    from whichever of U or 1 - U is small, so both tails keep float32 relative precision
+    (E from 2^-54 to 37.4); G = -log E lies in [-3.62, 37.4]: no 2^-24 floor, no infinity.
+    """
+    dev = seed.device
+    idx = torch.arange(vocab, device=dev, dtype=torch.int64)[None, :]
+    seed = seed.to(torch.int64)[:, None]
+    offset = offset.to(torch.int64)[:, None]
+    zeros = torch.zeros_like(idx)
+    r0, r1, _, _ = philox4x32(seed, idx & _M32, zeros + (idx >> 32), (offset & _M32) + zeros,
+                              ((offset >> 32) & _M32) + zeros)
+    n = (r0 << 21) | (r1 >> 11)                                    # 53 random bits
+    half = 1 << 52
+    v = ((n.double() + 0.5) * 2.0 ** -53).float()                  # 1 - U, used when small
+    w = (((1 << 53) - n).double() - 0.5).mul(2.0 ** -53).float()   # U, used when small
+    e = torch.where(n < half, -_log1p_neg(torch.where(n < half, v, 0.25)),
+                    -torch.log(torch.where(n < half, 0.5, w)))
+    return -torch.log(e)
+
+
+def _rows(t, batch: int, dtype, device) -> torch.Tensor:
+    if isinstance(t, torch.Tensor):
+        return t.to(device=device, dtype=dtype)
+    return torch.full((batch,), t, dtype=dtype, device=device)
+
+
+def _sanitize(logits: torch.Tensor):
+    """float32 logits with the contract's special values resolved.
+
+    NaN counts as -inf and -0.0 as +0.0.  A row holding +inf keeps only its +inf tokens,
+    as equals (logit 0, every other token -inf); a row with no logit above -inf treats all
+    its tokens as equals (logit 0).  Returns (x, m) with m the row max, finite.
+    """
+    x = logits.float()
+    x = torch.where(torch.isnan(x), float("-inf"), x)
+    x = torch.where(x == 0, 0.0, x)
+    m = x.amax(dim=1, keepdim=True)
+    pos, neg = m == float("inf"), m == float("-inf")
+    x = torch.where(pos, torch.where(x == float("inf"), 0.0, float("-inf")), x)
+    x = torch.where(neg, 0.0, x)
+    m = torch.where(pos | neg, 0.0, m)
+    return x, m
+
+
+def _scaled(x, m, inv_t):
+    """d = (x - m) * (1/T) in float32, -inf for -inf logits: log P up to the normaliser."""
+    d = (x - m) * inv_t[:, None]
+    return torch.where(x == float("-inf"), float("-inf"), d)
+
+
+def keep_mask(logits, temperature=1.0, top_k=None, top_p=None, min_p=None, order="top_k_first"):
+    """Boolean [B, V]: the kept set of every row (for a greedy row, its argmax alone), and
+    the float32 log-weights d = (x - max) / T the kept tokens are drawn with."""
+    B, V = logits.shape
+    dev = logits.device
+    t = _rows(temperature, B, torch.float32, dev)
+    greedy = t == 0
+    inv_t = torch.where(greedy, 1.0, torch.tensor(1.0, device=dev) / torch.where(greedy, 1.0, t))
+    x, m = _sanitize(logits)
+    d = _scaled(x, m, inv_t)
+    e = torch.exp(d).double()                                      # P up to the normaliser
+    keep = torch.ones(B, V, dtype=torch.bool, device=dev)
+
+    xs, order_idx = torch.sort(x, dim=1, descending=True, stable=True)
+    k = _rows(0 if top_k is None else top_k, B, torch.int64, dev)
+    k_on = (k > 0) & (k < V)
+    if bool(k_on.any()):
+        kth = xs.gather(1, (k.clamp(1, V) - 1)[:, None])
+        keep &= ~k_on[:, None] | (x >= kth)
+    p = _rows(1.0 if top_p is None else top_p, B, torch.float64, dev)
+    p_on = p < 1.0
+    if bool(p_on.any()):
+        q = torch.where(keep if order == "top_k_first" else torch.ones_like(keep), e, 0.0)
+        qs = q.gather(1, order_idx)
+        above = torch.cumsum(qs, dim=1) - qs                       # mass before, sorted order
+        pos = torch.arange(V, device=dev).expand(B, V)
+        starts = torch.ones(B, V, dtype=torch.bool, device=dev)
+        starts[:, 1:] = xs[:, 1:] != xs[:, :-1]
+        first = torch.cummax(torch.where(starts, pos, 0), dim=1).values
+        strictly_above = above.gather(1, first)                    # ties share their group's
+        keep_sorted = strictly_above < p[:, None] * q.sum(dim=1, keepdim=True)
+        theta = torch.where(keep_sorted, xs, float("inf")).amin(dim=1, keepdim=True)
+        keep &= ~p_on[:, None] | (x >= theta)
+    mp = _rows(0.0 if min_p is None else min_p, B, torch.float32, dev)
+    mp_on = mp > 0
+    if bool(mp_on.any()):
+        keep &= ~mp_on[:, None] | (d >= torch.log(torch.where(mp_on, mp, 1.0))[:, None])
+
+    raw = torch.where(torch.isnan(logits.float()), float("-inf"), logits.float())
+    argmax = torch.argmax(raw, dim=1)                              # first of equal maxima
+    one_hot = torch.zeros_like(keep).scatter_(1, argmax[:, None], True)
+    keep = torch.where(greedy[:, None], one_hot, keep)
+    return keep, d, greedy, x, m, inv_t
+
+
+def probs(a: _args.Call) -> torch.Tensor:
+    """Filtered, renormalised float32 [B, V] probabilities of a checked call."""
+    keep, d, greedy, *_ = keep_mask(a.logits, a.temperature, a.top_k, a.top_p, a.min_p,
+                                    a.order)
+    w = torch.where(keep, torch.exp(d).double(), 0.0)
+    w = torch.where(greedy[:, None], keep.double(), w)
+    return (w / w.sum(dim=1, keepdim=True)).float()
+
+
+def draw(a: _args.Call):
+    """(tokens int64 [B], logprobs float32 [B]) of a checked call.
+
+    Draws the argmax over the kept set of the float64 race key (x - max) * (1/T) + G, with
+    G from :func:`gumbel_noise`: the kernel's race, so the tokens agree with it.  The key
+    is exact enough (float64) that tied maxima stay tied however small T is, so the noise
+    alone splits them.
+    """
+    keep, d, greedy, x, m, inv_t = keep_mask(a.logits, a.temperature, a.top_k, a.top_p,
+                                             a.min_p, a.order)
+    V = a.logits.shape[1]
+    g = gumbel_noise(a.seeds, a.offsets, V).double()
+    key = (x.double() - m.double()) * inv_t.double()[:, None] + g
+    race = torch.where(keep & (x > float("-inf")), key, float("-inf"))
+    tokens = torch.argmax(race, dim=1)
+    w = torch.where(keep, torch.exp(d).double(), 0.0)
+    logp = d.gather(1, tokens[:, None])[:, 0].double() - torch.log(w.sum(dim=1))
+    tokens = torch.where(greedy, torch.argmax(keep.int(), dim=1), tokens)
+    logp = torch.where(greedy, 0.0, logp).float()
+    return tokens, logp
+
+
+def filtered_probs(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None,
+                   order="top_k_first", backend="reference"):
+    """:func:`fused_sampler.filtered_probs` in plain PyTorch (``backend`` is ignored)."""
+    a = _args.check(logits, temperature, top_k, top_p, min_p, order, validate=True)
+    return a.unsqueeze(probs(a)) if a.batch else a.empty_probs()
+
+
+def sample(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None,
+           order="top_k_first", seed=None, offset=0, generator=None, return_logprobs=False,
+           validate=True, backend="reference"):
+    """:func:`fused_sampler.sample` in plain PyTorch (``backend`` is ignored)."""
+    a = _args.check(logits, temperature, top_k, top_p, min_p, order, seed=seed,
+                    offset=offset, generator=generator, validate=validate)
+    if a.batch == 0:
+        return a.empty_tokens(return_logprobs)
+    return a.finish(*draw(a), return_logprobs)
