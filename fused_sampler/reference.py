@@ -191,17 +191,19 @@ def draw(a: _args.Call):
 
 def filtered_probs(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None,
                    order="top_k_first", backend="reference"):
-    """:func:`fused_sampler.filtered_probs` in plain PyTorch (``backend`` is ignored)."""
-    a = _args.check(logits, temperature, top_k, top_p, min_p, order, validate=True)
+    """:func:`fused_sampler.filtered_probs` in plain PyTorch (``backend`` is checked, then
+    ignored)."""
+    a = _args.check(logits, temperature, top_k, top_p, min_p, order, backend=backend,
+                    validate=True)
     return a.unsqueeze(probs(a)) if a.batch else a.empty_probs()
 
 
 def sample(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None,
            order="top_k_first", seed=None, offset=0, generator=None, return_logprobs=False,
            validate=True, backend="reference"):
-    """:func:`fused_sampler.sample` in plain PyTorch (``backend`` is ignored)."""
+    """:func:`fused_sampler.sample` in plain PyTorch (``backend`` is checked, then ignored)."""
     a = _args.check(logits, temperature, top_k, top_p, min_p, order, seed=seed,
-                    offset=offset, generator=generator, validate=validate)
+                    offset=offset, generator=generator, backend=backend, validate=validate)
     if a.batch == 0:
         return a.empty_tokens(return_logprobs)
     return a.finish(*draw(a), return_logprobs)

@@ -1,0 +1,1 @@
+"""Triton kernels of fused_sampler (installed as ``fused_sampler.kernels``)."""

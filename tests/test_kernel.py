@@ -1,0 +1,249 @@
+"""The Triton kernel against the reference: kept sets, probabilities, tokens, log-probs.
+
+On CPU the kernel runs in Triton's interpreter.  Small tile widths, histogram resolutions
+and scratch capacities force every loop and branch of the search on small inputs:
+several tiles per row, refine passes, gathers, the ties that end a refine at one key.
+"""
+import pytest
+import torch
+
+import fused_sampler as fs
+from fused_sampler import _args, reference, testing
+from fused_sampler.kernels import sampler
+
+# tile width / histogram bits / scratch capacity
+CONFIGS = {
+    "tiny": dict(block=16, bin_bits=3, cap=8),      # many tiles, refines, tiny gathers
+    "small": dict(block=64, bin_bits=5, cap=32),
+    "default": dict(),
+}
+CASES = {
+    "plain": dict(),
+    "greedy": dict(temperature=0.0),
+    "temp": dict(temperature=0.35),
+    "top_k": dict(top_k=7),
+    "top_p": dict(top_p=0.8),
+    "min_p": dict(min_p=0.05),
+    "top_k_top_p": dict(temperature=0.7, top_k=50, top_p=0.9),
+    "joint": dict(temperature=1.3, top_k=20, top_p=0.7, order="joint"),
+    "all": dict(temperature=0.9, top_k=30, top_p=0.95, min_p=0.02),
+}
+
+
+def llm_like(B, V, seed=0, dtype=torch.float32):
+    """A heavy head and a long tail: normal(0, 3) logits plus a few spikes."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, V, generator=g) * 3
+    spikes = torch.randint(0, V, (B, 3), generator=g)
+    x.scatter_(1, spikes, x.max(dim=1, keepdim=True).values + 4 * torch.rand(B, 3, generator=g))
+    return x.to(dtype)
+
+
+def run(logits, cfg, probs_mode, seed=None, offset=0, **params):
+    a = _args.check(logits, params.get("temperature", 1.0), params.get("top_k"),
+                    params.get("top_p"), params.get("min_p"),
+                    params.get("order", "top_k_first"),
+                    seed=torch.arange(logits.shape[0]) + 7 if seed is None else seed,
+                    offset=offset, validate=False)
+    tokens, logprobs, probs, passes = sampler.launch(a, probs_mode, stats=True, **cfg)
+    return a, tokens, logprobs, probs, passes
+
+
+def assert_matches_reference(logits, cfg, **params):
+    a, _, _, probs, passes = run(logits, cfg, True, **params)
+    verdict = testing.compare_filtered_probs(logits, probs=probs, **params)
+    assert verdict, verdict.detail
+    a, tokens, logprobs, _, passes2 = run(logits, cfg, False, **params)
+    ref_tokens, ref_logprobs = reference.draw(a)
+    assert torch.equal(tokens, ref_tokens)
+    torch.testing.assert_close(logprobs, ref_logprobs, rtol=1e-5, atol=1e-5)
+    assert int(passes2.max()) < 4 + 3 * -(-32 // cfg.get("bin_bits", 11))
+    return passes2
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c)
+def test_matches_reference_on_llm_like_logits(case, cfg):
+    V = 120 if cfg == "tiny" else 300           # the interpreter's cost grows with tiles
+    assert_matches_reference(llm_like(2, V, seed=len(case)), CONFIGS[cfg], **CASES[case])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
+                         ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("case", ["top_k_top_p", "top_p", "all"])
+def test_every_dtype(dtype, case):
+    assert_matches_reference(llm_like(2, 500, seed=3, dtype=dtype), CONFIGS["small"],
+                             **CASES[case])
+
+
+@pytest.mark.parametrize("V", [1, 2, 17, 64, 65, 257])
+@pytest.mark.parametrize("case", ["plain", "top_k_top_p", "top_p", "min_p"])
+def test_vocab_sizes_around_the_tile(V, case):
+    assert_matches_reference(llm_like(2, V, seed=V), CONFIGS["small"], **CASES[case])
+
+
+@pytest.mark.parametrize("cfg", ["tiny", "small"])
+@pytest.mark.parametrize("params", [
+    dict(top_k=3), dict(top_k=10), dict(top_p=0.3), dict(top_p=0.9), dict(min_p=0.5),
+    dict(top_k=5, top_p=0.5), dict(top_k=5, top_p=0.5, order="joint"),
+], ids=lambda p: "-".join(f"{k}{v}" for k, v in p.items()))
+def test_ties_at_every_boundary(cfg, params):
+    # integer logits: long runs of equal values straddle the top-k and top-p boundaries,
+    # and a refine ends in single-key bins holding many tokens
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randint(-4, 3, (3, 120), generator=g).float()
+    logits[2] = 1.0                                          # a row of one value
+    assert_matches_reference(logits, CONFIGS[cfg], **params)
+
+
+def test_top_k_tie_group_larger_than_scratch():
+    # 40 tokens tie at the k-th value and the scratch holds 8: the refine narrows to one
+    # key, where the whole tie group is kept without gathering it
+    logits = torch.cat([torch.full((1, 5), 3.0), torch.full((1, 40), 1.0),
+                        torch.full((1, 30), -2.0)], dim=1)
+    p = assert_matches_reference(logits, CONFIGS["tiny"], top_k=10)
+    assert int(p[0]) > 2
+    probs = fs.filtered_probs(logits, top_k=10)
+    assert int((probs > 0).sum()) == 45
+
+
+def test_greedy_rows_mixed_with_sampled_rows_and_per_row_parameters():
+    B, V = 6, 400
+    logits = llm_like(B, V, seed=11)
+    params = dict(temperature=torch.tensor([0.0, 0.7, 1.0, 0.0, 2.0, 0.5]),
+                  top_k=torch.tensor([0, 5, 50, 3, -1, 400]),
+                  top_p=torch.tensor([1.0, 0.9, 0.5, 0.2, 0.99, 1.0]),
+                  min_p=torch.tensor([0.0, 0.0, 0.1, 0.0, 0.01, 0.3]))
+    for cfg in ("tiny", "default"):
+        assert_matches_reference(logits, CONFIGS[cfg], **params)
+    tokens = fs.sample(logits, seed=0, **params)
+    assert tokens[0] == logits[0].argmax() and tokens[3] == logits[3].argmax()
+
+
+def test_tokens_do_not_depend_on_block_sizes_or_batch():
+    logits = llm_like(4, 300, seed=2)
+    seeds = torch.tensor([5, 6, 7, 8])
+    got = [run(logits, cfg, False, seed=seeds, **CASES["all"])[1] for cfg in CONFIGS.values()]
+    assert all(torch.equal(got[0], g) for g in got[1:])
+    alone = run(logits[2:3], CONFIGS["small"], False, seed=seeds[2:3], **CASES["all"])[1]
+    assert alone[0] == got[0][2]
+    verdict = testing.check_reproducible(logits, backend="triton", **CASES["top_k_top_p"])
+    assert verdict, verdict.detail
+
+
+def test_seed_and_offset_select_independent_draws():
+    logits = torch.zeros(1, 1000).expand(64, 1000)            # uniform rows
+    base = fs.sample(logits, seed=3, offset=0)
+    assert len(set(base.tolist())) == 1                       # shared seed, same rows
+    per_row = fs.sample(logits, seed=torch.arange(64), offset=0)
+    assert len(set(per_row.tolist())) > 50
+    later = fs.sample(logits, seed=torch.arange(64), offset=torch.full((64,), 1))
+    assert int((later != per_row).sum()) > 50
+    assert torch.equal(later, fs.sample(logits, seed=torch.arange(64), offset=1))
+
+
+def test_strided_rows_and_a_copied_last_dimension():
+    hidden = llm_like(3 * 5, 256, seed=9).reshape(3, 5, 256)
+    rows = hidden[:, -1, :]                                   # row stride 5 * 256
+    assert rows.stride() == (5 * 256, 1)
+    want = fs.sample(rows.contiguous(), seed=1, top_p=0.9)
+    assert torch.equal(fs.sample(rows, seed=1, top_p=0.9), want)
+    transposed = rows.t().contiguous().t()                    # last-dim stride 3: copied
+    assert torch.equal(fs.sample(transposed, seed=1, top_p=0.9), want)
+
+
+def test_one_dimensional_logits_answer_in_the_same_rank():
+    x = llm_like(1, 100)[0]
+    tok, lp = fs.sample(x, seed=1, top_k=5, return_logprobs=True)
+    assert tok.dim() == 0 and lp.dim() == 0
+    assert fs.filtered_probs(x, top_k=5).shape == (100,)
+
+
+def test_empty_batch():
+    x = torch.empty(0, 10)
+    assert fs.sample(x).shape == (0,)
+    assert fs.filtered_probs(x, top_p=0.5).shape == (0, 10)
+
+
+def test_logprobs_are_log_filtered_probabilities_of_the_drawn_token():
+    logits = llm_like(5, 300, seed=4)
+    params = dict(temperature=torch.tensor([0.0, 0.5, 1.0, 1.5, 1.0]), top_k=40, top_p=0.9)
+    tokens, logprobs = fs.sample(logits, seed=torch.arange(5), return_logprobs=True,
+                                 **params)
+    probs = fs.filtered_probs(logits, **params).double()
+    want = torch.log(probs.gather(1, tokens[:, None])[:, 0])
+    torch.testing.assert_close(logprobs.double(), want, rtol=1e-5, atol=1e-5)
+    assert logprobs[0] == 0.0
+
+
+@pytest.mark.parametrize("special", ["nan", "pos_inf", "all_neg_inf", "huge", "subnormal",
+                                     "mixed"])
+def test_odd_rows_without_validation_stay_defined(special):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 100, generator=g)
+    if special == "nan":
+        x[:, ::3] = float("nan")
+        x[1] = float("nan")
+    elif special == "pos_inf":
+        x[:, [5, 90]] = float("inf")
+        x[2, :] = float("inf")
+    elif special == "all_neg_inf":
+        x[:] = float("-inf")
+        x[3, 7] = 0.0
+    elif special == "huge":
+        x = x.sign() * 1e30
+        x[1, 4] = 3.4e38
+    elif special == "subnormal":
+        x = x * 1e-40
+    else:
+        x[0, :] = float("nan")
+        x[1, :60] = float("-inf")
+        x[2, 3] = float("inf")
+        x[3, 1::2] = float("-inf")
+    for params in (dict(), dict(temperature=0.0), dict(top_k=3, top_p=0.9),
+                   dict(top_p=0.5, min_p=0.1, order="joint"), dict(temperature=1e-30)):
+        for cfg in ("tiny", "default"):
+            a, tokens, _, _, _ = run(x, CONFIGS[cfg], False, **params)
+            assert bool(((tokens >= 0) & (tokens < x.shape[1])).all())
+            assert torch.equal(tokens, reference.draw(a)[0])
+            _, _, _, probs, _ = run(x, CONFIGS[cfg], True, **params)
+            assert torch.isfinite(probs).all()
+            torch.testing.assert_close(probs, reference.probs(a), rtol=1e-5, atol=1e-7)
+
+
+def test_inputs_are_never_written():
+    logits = llm_like(3, 200, seed=6).to(torch.bfloat16)
+    params = dict(temperature=torch.tensor([0.5, 0.0, 1.0]), top_k=torch.tensor([5, 0, 9]),
+                  top_p=torch.tensor([0.9, 1.0, 0.5]), min_p=torch.tensor([0.0, 0.1, 0.0]))
+    seeds, offsets = torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6])
+    before = [t.clone() for t in (logits, *params.values(), seeds, offsets)]
+    fs.sample(logits, seed=seeds, offset=offsets, **params)
+    fs.filtered_probs(logits, **params)
+    after = (logits, *params.values(), seeds, offsets)
+    assert all(torch.equal(b, a) for b, a in zip(before, after))
+
+
+def test_pass_counts_of_each_path():
+    # the full-row reads each path makes on LLM-like logits, as docs/design.md states
+    logits = llm_like(4, 4096, seed=8)
+    def passes(**params):
+        return sorted(set(run(logits, {}, False, **params)[4].tolist()))
+    assert passes() == [1]
+    assert passes(temperature=0.0) == [1]
+    assert passes(min_p=0.05) == [2]
+    assert passes(temperature=0.7, top_k=50, top_p=0.9) == [2]
+    assert passes(top_k=50) == [2]
+    assert passes(top_p=0.95) == [2]
+    # filtered_probs adds one write pass
+    assert sorted(set(run(logits, {}, True, top_k=50)[4].tolist())) == [3]
+    # a scratch too small for the bracket costs refine passes, not exactness
+    assert max(assert_matches_reference(logits, dict(cap=8), top_p=0.95).tolist()) >= 3
+
+
+@pytest.mark.parametrize("case", ["top_k_top_p", "top_p", "min_p", "joint"])
+def test_draws_follow_the_reference_distribution(case):
+    # 3000 draws of one row (one batched call, a seed per row) against the reference
+    # distribution: G-test at fixed seeds, so the verdict never changes between runs
+    logits = llm_like(1, 40, seed=12)[0] / 2
+    p = testing.draw_p_value(logits, draws=3000, seed=100, backend="triton", **CASES[case])
+    assert p > 1e-3
