@@ -6,6 +6,7 @@ PyTorch; ``fused_sampler.testing`` holds the checks that hold the kernel to it.
 """
 from . import reference
 from ._api import filtered_probs, sample
+from .generate import GenerateOutput, StepTimer, generate
 
-__all__ = ["sample", "filtered_probs", "reference"]
+__all__ = ["sample", "filtered_probs", "reference", "generate", "GenerateOutput", "StepTimer"]
 __version__ = "0.1.0"

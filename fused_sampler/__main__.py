@@ -3,6 +3,22 @@ import argparse
 import sys
 
 
+def _kernel_everywhere():
+    """Run the Triton kernel even without a GPU: in Triton's interpreter on CPU tensors
+    (set before anything imports the kernel; an explicit TRITON_INTERPRET=0 is kept)."""
+    import os
+
+    import warnings
+
+    import torch
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    # the interpreter evaluates both sides of tl.where in numpy; its inf/nan warnings are
+    # about the discarded side
+    warnings.filterwarnings("ignore", category=RuntimeWarning,
+                            module="triton.runtime.interpreter")
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     commands = ("demo", "check", "generate")
@@ -14,6 +30,7 @@ def main(argv=None) -> int:
               "  generate  text from the bundled character-level model", file=sys.stderr)
         return 2
     command, rest = argv[0], argv[1:]
+    _kernel_everywhere()
     if command == "demo":
         from .demo import main as demo
         return demo(rest)

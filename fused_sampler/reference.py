@@ -119,7 +119,9 @@ def keep_mask(logits, temperature=1.0, top_k=None, top_p=None, min_p=None, order
     B, V = logits.shape
     dev = logits.device
     t = _rows(temperature, B, torch.float32, dev)
-    greedy = t == 0
+    # Out-of-range tensor values (validate=False only): T <= 0 or NaN is greedy, a NaN
+    # top_p / min_p is off, top_p <= 0 keeps the most probable tokens, min_p > 1 acts as 1.
+    greedy = ~(t > 0)
     inv_t = torch.where(greedy, 1.0, torch.tensor(1.0, device=dev) / torch.where(greedy, 1.0, t))
     x, m = _sanitize(logits)
     d = _scaled(x, m, inv_t)
@@ -134,6 +136,7 @@ def keep_mask(logits, temperature=1.0, top_k=None, top_p=None, min_p=None, order
         keep &= ~k_on[:, None] | (x >= kth)
     p = _rows(1.0 if top_p is None else top_p, B, torch.float64, dev)
     p_on = p < 1.0
+    p = p.clamp_min(1e-30)
     if bool(p_on.any()):
         q = torch.where(keep if order == "top_k_first" else torch.ones_like(keep), e, 0.0)
         qs = q.gather(1, order_idx)
@@ -148,6 +151,7 @@ def keep_mask(logits, temperature=1.0, top_k=None, top_p=None, min_p=None, order
         keep &= ~p_on[:, None] | (x >= theta)
     mp = _rows(0.0 if min_p is None else min_p, B, torch.float32, dev)
     mp_on = mp > 0
+    mp = mp.clamp_max(1.0)
     if bool(mp_on.any()):
         keep &= ~mp_on[:, None] | (d >= torch.log(torch.where(mp_on, mp, 1.0))[:, None])
 

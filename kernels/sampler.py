@@ -293,7 +293,10 @@ def _sample_kernel(
     t = _param(temp_ptr, temp_val, row, TEMP_T, tl.float32)
     seed = _param(seed_ptr, seed_val, row, SEED_T, tl.int64)
     offset = _param(offset_ptr, offset_val, row, OFFSET_T, tl.int64)
-    greedy = t == 0.0
+    # Out-of-range values can only arrive in tensors with validate=False; each has a
+    # defined meaning (docs/design.md, "Odd input"): T <= 0 or NaN is greedy, a NaN
+    # top_p / min_p is off, top_p <= 0 keeps the most probable tokens, min_p > 1 acts as 1.
+    greedy = ~(t > 0.0)
     inv_t = tl.math.div_rn(1.0, tl.where(greedy, 1.0, t))          # T = +inf gives 0
     inv_t64 = inv_t.to(tl.float64)
     no = greedy & ~greedy                                           # scalar False
@@ -307,11 +310,13 @@ def _sample_kernel(
     if HAS_TOP_P:
         p = _param(topp_ptr, topp_val, row, TOPP_T, tl.float64)
         p_on = ~greedy & (p < 1.0)
+        p = tl.maximum(p, 1e-30)
     mp = tl.full([], 1.0, tl.float32)
     m_on = no
     if HAS_MIN_P:
         mp = _param(minp_ptr, minp_val, row, MINP_T, tl.float32)
         m_on = ~greedy & (mp > 0.0)
+        mp = tl.minimum(mp, 1.0)
     # min-p keeps d >= ln(min_p); -inf keeps every token when min-p is off
     log_mp = tl.where(m_on, tl.log(tl.where(m_on, mp, 1.0)), NEG_INF)
     search = k_on | p_on
