@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(PY) -m fused_sampler generate "ROMEO:"
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --durations=10
 	$(PY) -m bench --dry-run --out $$(mktemp -d)/bench-dry.json
 
 check: $(STAMP)

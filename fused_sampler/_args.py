@@ -42,6 +42,23 @@ def _param_tensor(name, t, batch, device, kind):
         raise ValueError(f"{name}: tensor dtype must be an integer type, got {t.dtype}")
 
 
+def _int64_tensor(name, t, batch, device):
+    """A [B] int64 tensor (seeds and offsets are Philox key and counter words)."""
+    _param_tensor(name, t, batch, device, "int")
+    if t.dtype != torch.int64:
+        raise ValueError(f"{name}: tensor dtype must be int64, got {t.dtype}")
+
+
+def _int_scalar(name, v, lo, hi, width):
+    """A Python int in [lo, hi) given for a seed or an offset."""
+    if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+        raise TypeError(f"{name}: expected an int or a [B] int64 tensor, got "
+                        f"{type(v).__name__}")
+    if not lo <= v < hi:
+        raise ValueError(f"{name}: {v} does not fit in {width}")
+    return int(v)
+
+
 def _scalar_or_rows(name, v, batch, device, kind, allow_none=True):
     if v is None and allow_none:
         return None
@@ -154,36 +171,24 @@ def check(logits, temperature, top_k, top_p, min_p, order, *, seed=None, offset=
 
     if seed is not None:
         if isinstance(seed, torch.Tensor):
-            _param_tensor("seed", seed, B, dev, "int")
-            if seed.dtype != torch.int64:
-                raise ValueError(f"seed: tensor dtype must be int64, got {seed.dtype}")
-        elif not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
-            raise TypeError(f"seed: expected None, an int or a [B] int64 tensor, got "
-                            f"{type(seed).__name__}")
-        elif not -2 ** 63 <= seed < 2 ** 64:
-            raise ValueError(f"seed: {seed} does not fit in 64 bits")
-        else:
-            seed = int(seed) - 2 ** 64 if seed >= 2 ** 63 else int(seed)
+            _int64_tensor("seed", seed, B, dev)
+        else:   # any 64-bit pattern: the Philox key's two words
+            seed = _int_scalar("seed", seed, -2 ** 63, 2 ** 64, "64 bits")
+            seed = seed - 2 ** 64 if seed >= 2 ** 63 else seed
     elif generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator: expected a torch.Generator, got "
                         f"{type(generator).__name__}")
     if isinstance(offset, torch.Tensor):
-        _param_tensor("offset", offset, B, dev, "int")
-        if offset.dtype != torch.int64:
-            raise ValueError(f"offset: tensor dtype must be int64, got {offset.dtype}")
-    elif not isinstance(offset, numbers.Integral) or isinstance(offset, bool):
-        raise TypeError(f"offset: expected an int or a [B] int64 tensor, got "
-                        f"{type(offset).__name__}")
-    elif not -2 ** 63 <= offset < 2 ** 63:
-        raise ValueError(f"offset: {offset} does not fit in int64")
+        _int64_tensor("offset", offset, B, dev)
+    else:
+        offset = _int_scalar("offset", offset, -2 ** 63, 2 ** 63, "int64")
 
     if validate and B > 0:
         _check_values(x, temperature, top_k, top_p, min_p)
     if seed is None and B > 0:
         seed = _draw_seeds(B, dev, generator)
     return Call(x, squeeze, temperature, top_k, top_p, min_p, order, backend,
-                0 if seed is None else seed, int(offset) if not isinstance(offset, torch.Tensor)
-                else offset)
+                0 if seed is None else seed, offset)
 
 
 def _draw_seeds(batch: int, device, generator) -> torch.Tensor:

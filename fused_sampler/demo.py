@@ -81,14 +81,26 @@ def show(label: str, kwargs: dict, logits: torch.Tensor, n: int, seed: int, back
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fused_sampler demo", description=__doc__
                                  .split("\n")[0])
-    ap.add_argument("--draws", type=int, default=1000, help="draws per setting (default 1000)")
+    ap.add_argument("--draws", type=int, default=None,
+                    help="draws per setting (default 1000; 200 in Triton's interpreter)")
     ap.add_argument("--seed", type=int, default=1234, help="base seed: row i uses seed S + i")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--backend", default="auto", choices=["auto", "triton", "reference"])
     args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    try:
+        interpreted = device.type == "cpu" and resolve_backend(args.backend, device) == "triton"
+    except ValueError:          # --backend triton where it cannot run: reported below
+        interpreted = False
+    if args.draws is None:
+        # the interpreter runs one program per draw at ~0.1 s each: 1000 x 8 settings
+        # would take a quarter of an hour
+        args.draws = 200 if interpreted else 1000
+        if interpreted:
+            print("(Triton's interpreter runs one program per draw, about 0.1 s each: 200 "
+                  "draws per setting; --draws 1000 for the full count)")
     if args.draws < 1:
         ap.error("--draws must be at least 1")
-    device = torch.device(args.device)
     logits = torch.tensor([LOGITS], dtype=torch.float32, device=device)
 
     print(f'fused_sampler demo: the next token after "{PROMPT}"')

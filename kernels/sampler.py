@@ -62,6 +62,15 @@ def _load_x(row_ptr, offs, msk, mode):
 
 
 @_device
+def _tile(row_ptr, start, lanes, V, mode, m, inv_t):
+    """One tile of the row after pass 1: offsets, mask, logits, their keys, and d."""
+    offs = start + lanes
+    msk = offs < V
+    x = _load_x(row_ptr, offs, msk, mode)
+    return offs, msk, x, _key(x), _scaled(x, m, inv_t)
+
+
+@_device
 def _key(x):
     """Order-preserving uint32 key of a float32 (no NaN), widened to int64."""
     b = x.to(tl.uint32, bitcast=True)
@@ -493,11 +502,7 @@ def _sample_kernel(
         above_b_from = tl.where(b_done, KEY_NONE, b_hi + 1)
         ge_k_from = tl.where(a_done, theta_k, KEY_NONE)
         for start in range(0, V, BLOCK):
-            offs = start + lanes
-            msk = offs < V
-            x = _load_x(row_ptr, offs, msk, mode)
-            key = _key(x)
-            d = _scaled(x, m, inv_t)
+            offs, msk, x, key, d = _tile(row_ptr, start, lanes, V, mode, m, inv_t)
             fx = _fixed(d)                          # 0 for -inf and for lanes past V
             z_acc += fx
             in_a = msk & (key >= a_win_lo) & (key <= a_win_hi)
@@ -608,11 +613,7 @@ def _sample_kernel(
     kept_nat = tl.where(plain, z, kept_mass / FIX)
     if PROBS:
         for start in range(0, V, BLOCK):
-            offs = start + lanes
-            msk = offs < V
-            x = _load_x(row_ptr, offs, msk, mode)
-            key = _key(x)
-            d = _scaled(x, m, inv_t)
+            offs, msk, x, key, d = _tile(row_ptr, start, lanes, V, mode, m, inv_t)
             keep = (d >= log_mp) & (key >= theta_k) & (key >= theta_p)
             prob = tl.where(keep, (tl.exp(d).to(tl.float64) / kept_nat).to(tl.float32), 0.0)
             prob = tl.where(greedy, tl.where(offs == arg, 1.0, 0.0), prob)
@@ -634,9 +635,17 @@ DEFAULT_BIN_BITS = 11
 DEFAULT_CAP = 1024
 
 
-def _block_for(vocab: int) -> int:
-    """Tile width: the whole row for small V, else 4096 lanes (16 KB of float32)."""
-    return min(4096, triton.next_power_of_2(vocab))
+def _sizes_for(vocab: int):
+    """(tile width, histogram bits, scratch capacity) for a vocabulary of V tokens.
+
+    The tile is the whole row for small V, else 4096 lanes (16 KB of float32).  Small
+    vocabularies get a histogram and a scratch no larger than the row: with CAP >= V every
+    bracket fits, so no refine pass runs, and no program carries 2^11-bin vectors for a
+    9-token row.  The tokens never depend on these sizes.
+    """
+    v2 = triton.next_power_of_2(vocab)
+    bits = min(DEFAULT_BIN_BITS, max(4, v2.bit_length() - 1))
+    return min(4096, v2), bits, min(DEFAULT_CAP, v2)
 
 
 def _scalar_or_tensor(v, dtype, dummy):
@@ -647,7 +656,7 @@ def _scalar_or_tensor(v, dtype, dummy):
 
 
 def launch(a, probs_mode: bool, *, return_logprobs: bool = True, block: int = None,
-           bin_bits: int = DEFAULT_BIN_BITS, cap: int = DEFAULT_CAP, stats: bool = False):
+           bin_bits: int = None, cap: int = None, stats: bool = False):
     """Run the kernel on a checked call (see fused_sampler._args.Call).
 
     Returns (tokens int64 [B], logprobs float32 [B], probs float32 [B, V] or None,
@@ -659,7 +668,8 @@ def launch(a, probs_mode: bool, *, return_logprobs: bool = True, block: int = No
     x = a.logits
     B, V = x.shape
     dev = x.device
-    block = block or _block_for(V)
+    sizes = _sizes_for(V)
+    block, bin_bits, cap = block or sizes[0], bin_bits or sizes[1], cap or sizes[2]
     has_k = a.top_k is not None
     has_p = a.top_p is not None
     has_m = a.min_p is not None

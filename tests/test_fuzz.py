@@ -74,7 +74,7 @@ def _rows(params):
 
 
 # no shrinking: in the interpreter it takes minutes; the failing example prints as drawn
-@settings(max_examples=40, deadline=None, derandomize=True,
+@settings(max_examples=25, deadline=None, derandomize=True,
           phases=[Phase.explicit, Phase.reuse, Phase.generate],
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(calls())
@@ -86,7 +86,7 @@ def test_kernel_agrees_with_reference_on_anything(call):
     tokens, logprobs, _, passes = sampler.launch(a, False, stats=True, **cfg)
     V = x.shape[1]
     assert bool(((tokens >= 0) & (tokens < V)).all())
-    assert int(passes.max()) < 4 + 3 * -(-32 // cfg.get("bin_bits", 11))
+    assert int(passes.max()) < 4 + 3 * -(-32 // cfg.get("bin_bits", 4))
     assert torch.isfinite(logprobs).all() or bool((x.float() == float("inf")).any())
     assert torch.equal(tokens, reference.draw(a)[0])
     probs = sampler.launch(a, True, **cfg)[2]
