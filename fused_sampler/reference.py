@@ -15,7 +15,8 @@ import torch
 
 from . import _args
 
-__all__ = ["sample", "filtered_probs", "probs", "draw", "philox4x32", "gumbel_noise", "keep_mask"]
+__all__ = ["sample", "filtered_probs", "probs", "draw", "philox4x32", "gumbel_noise", "keep_mask",
+           "strictly_above"]
 
 _M32 = 0xFFFFFFFF
 _PHILOX_ROUND_A = 0xD2511F53
@@ -113,6 +114,19 @@ def _scaled(x, m, inv_t):
     return torch.where(x == float("-inf"), float("-inf"), d)
 
 
+def strictly_above(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """[B, V] float64: for each token, the sum of ``q`` over the tokens of its row with a
+    strictly larger logit ``x`` (tied tokens get the same sum: their group's)."""
+    xs, idx = torch.sort(x, dim=1, descending=True, stable=True)
+    qs = q.gather(1, idx)
+    before = torch.cumsum(qs, dim=1) - qs                          # mass before, sorted
+    pos = torch.arange(x.shape[1], device=x.device).expand_as(xs)
+    starts = torch.ones_like(xs, dtype=torch.bool)
+    starts[:, 1:] = xs[:, 1:] != xs[:, :-1]
+    first = torch.cummax(torch.where(starts, pos, 0), dim=1).values
+    return torch.empty_like(q).scatter_(1, idx, before.gather(1, first))
+
+
 def keep_mask(logits, temperature=1.0, top_k=None, top_p=None, min_p=None, order="top_k_first"):
     """Boolean [B, V]: the kept set of every row (for a greedy row, its argmax alone), and
     the float32 log-weights d = (x - max) / T the kept tokens are drawn with."""
@@ -128,7 +142,7 @@ def keep_mask(logits, temperature=1.0, top_k=None, top_p=None, min_p=None, order
     e = torch.exp(d).double()                                      # P up to the normaliser
     keep = torch.ones(B, V, dtype=torch.bool, device=dev)
 
-    xs, order_idx = torch.sort(x, dim=1, descending=True, stable=True)
+    xs = torch.sort(x, dim=1, descending=True).values
     k = _rows(0 if top_k is None else top_k, B, torch.int64, dev)
     k_on = (k > 0) & (k < V)
     if bool(k_on.any()):
@@ -139,15 +153,8 @@ def keep_mask(logits, temperature=1.0, top_k=None, top_p=None, min_p=None, order
     p = p.clamp_min(1e-30)
     if bool(p_on.any()):
         q = torch.where(keep if order == "top_k_first" else torch.ones_like(keep), e, 0.0)
-        qs = q.gather(1, order_idx)
-        above = torch.cumsum(qs, dim=1) - qs                       # mass before, sorted order
-        pos = torch.arange(V, device=dev).expand(B, V)
-        starts = torch.ones(B, V, dtype=torch.bool, device=dev)
-        starts[:, 1:] = xs[:, 1:] != xs[:, :-1]
-        first = torch.cummax(torch.where(starts, pos, 0), dim=1).values
-        strictly_above = above.gather(1, first)                    # ties share their group's
-        keep_sorted = strictly_above < p[:, None] * q.sum(dim=1, keepdim=True)
-        theta = torch.where(keep_sorted, xs, float("inf")).amin(dim=1, keepdim=True)
+        passes_p = strictly_above(x, q) < p[:, None] * q.sum(dim=1, keepdim=True)
+        theta = torch.where(passes_p, x, float("inf")).amin(dim=1, keepdim=True)
         keep &= ~p_on[:, None] | (x >= theta)
     mp = _rows(0.0 if min_p is None else min_p, B, torch.float32, dev)
     mp_on = mp > 0

@@ -47,26 +47,11 @@ def top_p_near_ties(logits, *, temperature=1.0, top_k=None, top_p=None, order="t
                                                    None, a.order)
     e = torch.exp(d).double()
     q = torch.where(keep_k if order == "top_k_first" else torch.ones_like(keep_k), e, 0.0)
-    above = torch.where(x[:, None, :] > x[:, :, None], q[:, None, :], 0.0).sum(-1) \
-        if V <= 2048 else _strictly_above_sorted(x, q)
+    above = reference.strictly_above(x, q)
     p = reference._rows(a.top_p, B, torch.float64, a.logits.device)[:, None]
     target = p * q.sum(dim=1, keepdim=True)
     band = (above - target).abs() <= TOP_P_BAND * target
     return band & (p < 1) & ~greedy[:, None]
-
-
-def _strictly_above_sorted(x, q):
-    xs, idx = torch.sort(x, dim=1, descending=True, stable=True)
-    qs = q.gather(1, idx)
-    excl = torch.cumsum(qs, 1) - qs
-    V = x.shape[1]
-    pos = torch.arange(V, device=x.device).expand_as(xs)
-    starts = torch.ones_like(xs, dtype=torch.bool)
-    starts[:, 1:] = xs[:, 1:] != xs[:, :-1]
-    first = torch.cummax(torch.where(starts, pos, 0), dim=1).values
-    out = torch.empty_like(q)
-    out.scatter_(1, idx, excl.gather(1, first))
-    return out
 
 
 def compare_filtered_probs(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None,
