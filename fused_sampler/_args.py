@@ -18,6 +18,13 @@ LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _SEED_HIGH = 2 ** 62
 
 
+def rows(v, batch: int, dtype, device) -> torch.Tensor:
+    """A parameter given as a number or a [B] tensor, as a [B] tensor of ``dtype``."""
+    if isinstance(v, torch.Tensor):
+        return v.to(device=device, dtype=dtype)
+    return torch.full((batch,), v, dtype=dtype, device=device)
+
+
 def _is_number(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
@@ -101,16 +108,11 @@ class Call:
 
     @property
     def seeds(self) -> torch.Tensor:
-        return self._rows(self.seed)
+        return rows(self.seed, self.batch, torch.int64, self.logits.device)
 
     @property
     def offsets(self) -> torch.Tensor:
-        return self._rows(self.offset)
-
-    def _rows(self, v) -> torch.Tensor:
-        if isinstance(v, torch.Tensor):
-            return v.to(torch.int64)
-        return torch.full((self.batch,), v, dtype=torch.int64, device=self.logits.device)
+        return rows(self.offset, self.batch, torch.int64, self.logits.device)
 
     def empty_probs(self) -> torch.Tensor:
         return torch.empty(self.logits.shape, dtype=torch.float32, device=self.logits.device)

@@ -84,12 +84,6 @@ def gumbel_noise(seed: torch.Tensor, offset: torch.Tensor, vocab: int) -> torch.
     return -torch.log(e)
 
 
-def _rows(t, batch: int, dtype, device) -> torch.Tensor:
-    if isinstance(t, torch.Tensor):
-        return t.to(device=device, dtype=dtype)
-    return torch.full((batch,), t, dtype=dtype, device=device)
-
-
 def _sanitize(logits: torch.Tensor):
     """float32 logits with the contract's special values resolved.
 
@@ -132,7 +126,7 @@ def keep_mask(logits, temperature=1.0, top_k=None, top_p=None, min_p=None, order
     the float32 log-weights d = (x - max) / T the kept tokens are drawn with."""
     B, V = logits.shape
     dev = logits.device
-    t = _rows(temperature, B, torch.float32, dev)
+    t = _args.rows(temperature, B, torch.float32, dev)
     # Out-of-range tensor values (validate=False only): T <= 0 or NaN is greedy, a NaN
     # top_p / min_p is off, top_p <= 0 keeps the most probable tokens, min_p > 1 acts as 1.
     greedy = ~(t > 0)
@@ -143,12 +137,12 @@ def keep_mask(logits, temperature=1.0, top_k=None, top_p=None, min_p=None, order
     keep = torch.ones(B, V, dtype=torch.bool, device=dev)
 
     xs = torch.sort(x, dim=1, descending=True).values
-    k = _rows(0 if top_k is None else top_k, B, torch.int64, dev)
+    k = _args.rows(0 if top_k is None else top_k, B, torch.int64, dev)
     k_on = (k > 0) & (k < V)
     if bool(k_on.any()):
         kth = xs.gather(1, (k.clamp(1, V) - 1)[:, None])
         keep &= ~k_on[:, None] | (x >= kth)
-    p = _rows(1.0 if top_p is None else top_p, B, torch.float64, dev)
+    p = _args.rows(1.0 if top_p is None else top_p, B, torch.float64, dev)
     p_on = p < 1.0
     p = p.clamp_min(1e-30)
     if bool(p_on.any()):
@@ -156,7 +150,7 @@ def keep_mask(logits, temperature=1.0, top_k=None, top_p=None, min_p=None, order
         passes_p = strictly_above(x, q) < p[:, None] * q.sum(dim=1, keepdim=True)
         theta = torch.where(passes_p, x, float("inf")).amin(dim=1, keepdim=True)
         keep &= ~p_on[:, None] | (x >= theta)
-    mp = _rows(0.0 if min_p is None else min_p, B, torch.float32, dev)
+    mp = _args.rows(0.0 if min_p is None else min_p, B, torch.float32, dev)
     mp_on = mp > 0
     mp = mp.clamp_max(1.0)
     if bool(mp_on.any()):

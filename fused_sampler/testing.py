@@ -48,7 +48,7 @@ def top_p_near_ties(logits, *, temperature=1.0, top_k=None, top_p=None, order="t
     e = torch.exp(d).double()
     q = torch.where(keep_k if order == "top_k_first" else torch.ones_like(keep_k), e, 0.0)
     above = reference.strictly_above(x, q)
-    p = reference._rows(a.top_p, B, torch.float64, a.logits.device)[:, None]
+    p = _args.rows(a.top_p, B, torch.float64, a.logits.device)[:, None]
     target = p * q.sum(dim=1, keepdim=True)
     band = (above - target).abs() <= TOP_P_BAND * target
     return band & (p < 1) & ~greedy[:, None]
