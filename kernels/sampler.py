@@ -21,6 +21,7 @@ All masses are exact fixed-point sums (int64, 2^-40 units) of float32 exp((x - m
 so they do not depend on the tile order, the block size or the number of warps.
 """
 import os
+import struct
 
 import torch
 import triton
@@ -317,7 +318,10 @@ def _sample_kernel(
     p = tl.full([], 1.0, tl.float64)
     p_on = no
     if HAS_TOP_P:
-        p = _param(topp_ptr, topp_val, row, TOPP_T, tl.float64)
+        if TOPP_T:
+            p = tl.load(topp_ptr + row).to(tl.float64)
+        else:   # a Python float arrives as its float64 bits (a float argument is fp32)
+            p = tl.cast(topp_val, tl.int64).to(tl.float64, bitcast=True)
         p_on = ~greedy & (p < 1.0)
         p = tl.maximum(p, 1e-30)
     mp = tl.full([], 1.0, tl.float32)
@@ -677,6 +681,8 @@ def launch(a, probs_mode: bool, *, return_logprobs: bool = True, block: int = No
     temp_ptr, temp_val, temp_t = _scalar_or_tensor(a.temperature, torch.float32, dummy)
     k_ptr, k_val, k_t = _scalar_or_tensor(a.top_k if has_k else 0, torch.int64, dummy)
     p_ptr, p_val, p_t = _scalar_or_tensor(a.top_p if has_p else 1.0, torch.float64, dummy)
+    if not p_t:    # Triton passes a Python float as fp32: 0.9 would become 0.8999999762
+        p_val = struct.unpack("<q", struct.pack("<d", p_val))[0]
     mp_ptr, mp_val, mp_t = _scalar_or_tensor(a.min_p if has_m else 0.0, torch.float32, dummy)
     seed_ptr, seed_val, seed_t = _scalar_or_tensor(a.seed, torch.int64, dummy)
     off_ptr, off_val, off_t = _scalar_or_tensor(a.offset, torch.int64, dummy)

@@ -4,6 +4,8 @@ On CPU the kernel runs in Triton's interpreter.  Small tile widths, histogram re
 and scratch capacities force every loop and branch of the search on small inputs:
 several tiles per row, refine passes, gathers, the ties that end a refine at one key.
 """
+import math
+
 import pytest
 import torch
 
@@ -105,6 +107,19 @@ def test_top_k_tie_group_larger_than_scratch():
     assert int(p[0]) > 2
     probs = fs.filtered_probs(logits, top_k=10)
     assert int((probs > 0).sum()) == 45
+
+
+def test_a_scalar_top_p_is_the_float64_the_caller_wrote():
+    # head mass 0.89999999 lies between float32(0.9) = 0.8999999762 and 0.9: top_p=0.9
+    # keeps the tail token only if the kernel compares against 0.9 itself
+    q = 0.89999999
+    logits = torch.tensor([[0.0, math.log((1 - q) / q)]])
+    for top_p in (0.9, torch.tensor([0.9], dtype=torch.float64)):
+        assert fs.filtered_probs(logits, top_p=top_p).gt(0).tolist() == [[True, True]]
+        assert reference.filtered_probs(logits, top_p=top_p).gt(0).tolist() == [[True, True]]
+    # the smallest positive double is a valid top_p: the most probable group alone
+    logits = torch.tensor([[1.0, 3.0, 3.0, 2.0]])
+    assert fs.filtered_probs(logits, top_p=5e-324).gt(0).tolist() == [[False, True, True, False]]
 
 
 def test_greedy_rows_mixed_with_sampled_rows_and_per_row_parameters():
