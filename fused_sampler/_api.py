@@ -1,7 +1,13 @@
-"""The public calls: check the arguments once, then hand the call to one backend."""
-from __future__ import annotations
+"""The public calls: check the arguments once, then hand the call to one backend.
 
+Under ``torch.compile`` the call goes through a custom operator (``fused_sampler::sample``,
+``fused_sampler::filtered_probs``) with a fake implementation, so that a compiled decode
+step keeps the sampler in its graph (``fullgraph=True``) instead of tracing the kernel
+launch.  The operator takes every parameter as a [B] tensor and runs the value checks
+itself, at run time, so ``validate=True`` needs no graph break either.
+"""
 import os
+from typing import Optional, Tuple
 
 import torch
 
@@ -28,6 +34,53 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 def _triton():
     from .kernels import sampler  # imported late: TRITON_INTERPRET is read at import time
     return sampler
+
+
+def _draw(a: _args.Call):
+    """(tokens, logprobs) of a checked call from the backend it resolves to."""
+    if resolve_backend(a.backend, a.logits.device) == "reference":
+        return reference.draw(a)
+    return _triton().sample(a)
+
+
+def _probs(a: _args.Call):
+    """filtered_probs [B, V] of a checked call from the backend it resolves to."""
+    if resolve_backend(a.backend, a.logits.device) == "reference":
+        return reference.probs(a)
+    return _triton().filtered_probs(a)
+
+
+# ---- the operators torch.compile sees: parameters as [B] tensors (Call.as_rows)
+
+@torch.library.custom_op("fused_sampler::sample", mutates_args=())
+def _sample_op(logits: torch.Tensor, temperature: torch.Tensor, top_k: Optional[torch.Tensor],
+               top_p: Optional[torch.Tensor], min_p: Optional[torch.Tensor],
+               seed: torch.Tensor, offset: torch.Tensor, order: str, backend: str,
+               validate: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    if validate:
+        _args.check_values(logits, temperature, top_k, top_p, min_p)
+    return _draw(_args.Call(logits, False, temperature, top_k, top_p, min_p, order, backend,
+                            seed, offset))
+
+
+@_sample_op.register_fake
+def _sample_fake(logits, *_):
+    B = logits.shape[0]
+    return logits.new_empty(B, dtype=torch.int64), logits.new_empty(B, dtype=torch.float32)
+
+
+@torch.library.custom_op("fused_sampler::filtered_probs", mutates_args=())
+def _filtered_probs_op(logits: torch.Tensor, temperature: torch.Tensor,
+                       top_k: Optional[torch.Tensor], top_p: Optional[torch.Tensor],
+                       min_p: Optional[torch.Tensor], order: str,
+                       backend: str) -> torch.Tensor:
+    _args.check_values(logits, temperature, top_k, top_p, min_p)
+    return _probs(_args.Call(logits, False, temperature, top_k, top_p, min_p, order, backend))
+
+
+@_filtered_probs_op.register_fake
+def _filtered_probs_fake(logits, *_):
+    return logits.new_empty(logits.shape, dtype=torch.float32)
 
 
 def sample(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None,
@@ -63,12 +116,15 @@ def sample(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None,
         Scalar or ``[B]`` int64 counter (e.g. the decode step): a new offset is a new draw.
     generator : torch.Generator, optional
         Used only when ``seed`` is None.  One on the logits' device avoids a host sync.
+        Under ``torch.compile`` pass ``seed`` instead: a Generator cannot enter a graph
+        (with neither, the compiled step draws seeds from the default generator).
     return_logprobs : bool
         Also return ``logprobs`` ``[B]`` float32: the natural log of the probability the
         drawn token had in the filtered, renormalised distribution (0.0 for greedy rows).
     validate : bool
         Check values inside tensors (parameters; NaN/+inf logits; rows with no finite
-        logit) at the cost of a device sync.  With False nothing syncs, and odd rows still
+        logit) at the cost of a device sync (under ``torch.compile``, inside the
+        ``fused_sampler::sample`` operator at run time).  With False nothing syncs, and odd rows still
         get a token in ``[0, V)`` (see docs/design.md, "Odd input").
     backend : {"auto", "triton", "reference"}
         "auto" runs the Triton kernel on CUDA, and on CPU under ``TRITON_INTERPRET=1``;
@@ -89,14 +145,16 @@ def sample(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None,
     >>> fs.sample(logits, top_k=1, seed=0).tolist()
     [3]
     """
+    compiling = torch.compiler.is_compiling()
     a = _args.check(logits, temperature, top_k, top_p, min_p, order, seed=seed,
-                    offset=offset, generator=generator, backend=backend, validate=validate)
+                    offset=offset, generator=generator, backend=backend,
+                    validate=validate and not compiling)
     if a.batch == 0:
         return a.empty_tokens(return_logprobs)
-    if resolve_backend(a.backend, a.logits.device) == "reference":
-        tokens, logprobs = reference.draw(a)
+    if compiling:
+        tokens, logprobs = _sample_op(a.logits, *a.as_rows(), a.order, a.backend, validate)
     else:
-        tokens, logprobs = _triton().sample(a)
+        tokens, logprobs = _draw(a)
     return a.finish(tokens, logprobs, return_logprobs)
 
 
@@ -115,12 +173,13 @@ def filtered_probs(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=Non
     >>> [round(v, 4) for v in p.tolist()]
     [0.5761, 0.2119, 0.2119, 0.0]
     """
+    compiling = torch.compiler.is_compiling()
     a = _args.check(logits, temperature, top_k, top_p, min_p, order, backend=backend,
-                    validate=True)
+                    validate=not compiling)
     if a.batch == 0:
         return a.empty_probs()
-    if resolve_backend(a.backend, a.logits.device) == "reference":
-        probs = reference.probs(a)
+    if compiling:
+        probs = _filtered_probs_op(a.logits, *a.as_rows()[:4], a.order, a.backend)
     else:
-        probs = _triton().filtered_probs(a)
+        probs = _probs(a)
     return a.unsqueeze(probs)

@@ -123,6 +123,15 @@ class Call:
             return tokens, torch.empty(0, dtype=torch.float32, device=self.logits.device)
         return tokens
 
+    def as_rows(self):
+        """(temperature, top_k, top_p, min_p, seeds, offsets) as [B] tensors, None for an
+        unset filter, in the dtypes both backends compute with (top_p float64: exact)."""
+        B, dev = self.batch, self.logits.device
+        opt = lambda v, dtype: None if v is None else rows(v, B, dtype, dev)  # noqa: E731
+        return (rows(self.temperature, B, torch.float32, dev), opt(self.top_k, torch.int64),
+                opt(self.top_p, torch.float64), opt(self.min_p, torch.float32),
+                self.seeds, self.offsets)
+
     def unsqueeze(self, probs: torch.Tensor) -> torch.Tensor:
         return probs[0] if self.squeeze else probs
 
@@ -186,7 +195,7 @@ def check(logits, temperature, top_k, top_p, min_p, order, *, seed=None, offset=
         offset = _int_scalar("offset", offset, -2 ** 63, 2 ** 63, "int64")
 
     if validate and B > 0:
-        _check_values(x, temperature, top_k, top_p, min_p)
+        check_values(x, temperature, top_k, top_p, min_p)
     if seed is None and B > 0:
         seed = _draw_seeds(B, dev, generator)
     return Call(x, squeeze, temperature, top_k, top_p, min_p, order, backend,
@@ -203,7 +212,7 @@ def _draw_seeds(batch: int, device, generator) -> torch.Tensor:
     return seeds.to(device)
 
 
-def _check_values(x, temperature, top_k, top_p, min_p):
+def check_values(x, temperature, top_k, top_p, min_p):
     """The checks that read tensor contents (each one syncs)."""
     def bad(name, t, mask, what):
         if bool(mask.any()):
