@@ -124,7 +124,8 @@ def sample(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None,
     validate : bool
         Check values inside tensors (parameters; NaN/+inf logits; rows with no finite
         logit) at the cost of a device sync (under ``torch.compile``, inside the
-        ``fused_sampler::sample`` operator at run time).  With False nothing syncs, and odd rows still
+        ``fused_sampler::sample`` operator at run time); skipped while a CUDA graph is
+        being captured, where a sync is an error.  With False nothing syncs, and odd rows still
         get a token in ``[0, V)`` (see docs/design.md, "Odd input").
     backend : {"auto", "triton", "reference"}
         "auto" runs the Triton kernel on CUDA, and on CPU under ``TRITON_INTERPRET=1``;

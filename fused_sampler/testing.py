@@ -10,12 +10,16 @@ dtypes and parameters and prints a verdict table.
   distribution (scipy; fixed seeds, so a result never changes from run to run).
 - :func:`check_reproducible`: same (seed, offset) gives the same tokens; the batch around
   a row, and its position in it, do not change its token.
+- :func:`allocations`: every tensor a call allocates, with its size (the fused path must
+  allocate nothing of size B x V), on any device.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from . import _args, reference
 from ._api import filtered_probs, resolve_backend, sample
@@ -146,6 +150,32 @@ def check_reproducible(logits, *, seed=1234, backend="auto", **params) -> Verdic
     if not torch.equal(first, flipped):
         return Verdict(False, "a row's token changed with its position")
     return Verdict(True, f"{B} rows reproducible and batch-invariant")
+
+
+class _Allocations(TorchDispatchMode):
+    """Records each new storage an ATen op returns (views of known storages are not new)."""
+
+    def __init__(self, known):
+        super().__init__()
+        self.seen = {t.untyped_storage().data_ptr() for t in known}
+        self.sizes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in self.seen:
+                self.seen.add(t.untyped_storage().data_ptr())
+                self.sizes.append((str(func), t.untyped_storage().nbytes()))
+        return out
+
+
+def allocations(fn, *inputs):
+    """Run ``fn()`` and return its result and the ``(op, bytes)`` of every tensor storage
+    it allocated, in order (``inputs``' storages excluded).  Counts what torch allocates,
+    on any device; a kernel's own launch allocates nothing."""
+    with _Allocations(inputs) as rec:
+        out = fn()
+    return out, rec.sizes
 
 
 def check(device=None, backend="auto", quick=False):

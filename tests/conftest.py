@@ -21,9 +21,14 @@ def device():
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
+    cuda = torch.cuda.is_available()
+    interpreted = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    no_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    no_interpreter = pytest.mark.skip(
+        reason="runs the kernel on CPU tensors: needs TRITON_INTERPRET=1 (on a GPU machine, "
+               "run with CUDA_VISIBLE_DEVICES= to get it)")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "gpu" in item.keywords and not cuda:
+            item.add_marker(no_gpu)
+        if "interpreter" in item.keywords and not interpreted:
+            item.add_marker(no_interpreter)

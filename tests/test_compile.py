@@ -40,7 +40,8 @@ def assert_same_step(compiled, hidden, weight, seeds, backend):
         torch.testing.assert_close(got[2], want[2], rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("backend", ["reference", "auto"])
+@pytest.mark.parametrize("backend", ["reference",
+                                     pytest.param("auto", marks=pytest.mark.interpreter)])
 def test_the_operators_pass_opcheck(backend):
     hidden, weight, seeds = inputs()
     a = fs._args.check(hidden @ weight, 0.7, 50, 0.9, None, "joint", seed=seeds, offset=3)
@@ -51,7 +52,8 @@ def test_the_operators_pass_opcheck(backend):
                           (a.logits, *rows[:4], a.order, backend))
 
 
-@pytest.mark.parametrize("backend", ["reference", "auto"])
+@pytest.mark.parametrize("backend", ["reference",
+                                     pytest.param("auto", marks=pytest.mark.interpreter)])
 def test_fullgraph_compile_of_a_decode_step_gives_the_eager_tokens(backend):
     # inductor, the default, on the reference; aot_eager keeps the interpreted run short
     torch._dynamo.reset()

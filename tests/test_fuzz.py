@@ -3,8 +3,8 @@
 Random B, V (1, primes, powers of two and one more), dtypes, row layouts (contiguous,
 rows of a wider buffer, one row broadcast with stride 0, a transposed view whose last
 dimension is copied), tile / histogram / scratch sizes, parameters at and around every
-edge (scalars and per-row tensors), and logits with ties, NaN, +-inf, +-1e30 and
-subnormals.  Invariants (:func:`check_call`): the token is in [0, V) and in the
+edge (scalars and per-row tensors), and logits with ties, NaN, +-inf, +-1e30,
+subnormals and rows of almost only -inf.  Invariants (:func:`check_call`): the token is in [0, V) and in the
 reference's kept set; it is the reference's token (same Philox stream, same race);
 filtered_probs matches the reference; ``validate=True`` raises exactly when the contract
 says the call is invalid.  ``derandomize=True`` makes the CI campaign the same on every
@@ -35,9 +35,13 @@ def calls(draw, vocabs=VOCABS, max_batch=3):
     dtype = draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16]))
     seed = draw(st.integers(0, 2 ** 31))
     g = torch.Generator().manual_seed(seed)
-    style = draw(st.sampled_from(["normal", "ties", "special", "wide"]))
+    style = draw(st.sampled_from(["normal", "ties", "special", "wide", "neg_inf_heavy"]))
     x = torch.randn(B, V, generator=g) * 3
-    if style == "ties":
+    if style == "neg_inf_heavy":          # 0-3 finite logits per row, the rest -inf
+        finite = torch.rand(B, V, generator=g).argsort(dim=1) < torch.randint(
+            0, 4, (B, 1), generator=g)
+        x = torch.where(finite, x, float("-inf"))
+    elif style == "ties":
         x = torch.randint(-2, 2, (B, V), generator=g).float()
     elif style == "wide":
         x = x * 1e4
@@ -57,8 +61,9 @@ def calls(draw, vocabs=VOCABS, max_batch=3):
 
     nan = float("nan")
     temperature = per_row([0.0, 1e-30, 1e-3, 0.5, 1.0, 2.0, 1e4, float("inf")], [-1.0, nan])
-    top_k = draw(st.one_of(st.none(), st.just(per_row([-1, 0, 1, 2, V - 1, V, V + 5]))))
-    top_p = draw(st.one_of(st.none(), st.just(per_row([1e-9, 0.1, 0.5, 0.9, 0.999, 1.0],
+    top_k = draw(st.one_of(st.none(),
+                           st.just(per_row([-1, 0, 1, 2, V - 1, V, V + 5, 2 ** 40]))))
+    top_p = draw(st.one_of(st.none(), st.just(per_row([5e-324, 1e-9, 0.1, 0.5, 0.9, 0.999, 1.0],
                                                       [0.0, -1.0, 1.5, nan]))))
     min_p = draw(st.one_of(st.none(), st.just(per_row([0.0, 1e-6, 0.05, 0.5, 1.0],
                                                       [-0.5, 1.5, nan]))))
@@ -130,6 +135,7 @@ def check_call(call):
 
 
 # no shrinking: in the interpreter it takes minutes; the failing example prints as drawn
+@pytest.mark.interpreter
 @settings(max_examples=40, deadline=None, derandomize=True,
           phases=[Phase.explicit, Phase.reuse, Phase.generate],
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -1,4 +1,8 @@
 """The compiled kernel on a CUDA device (skipped without one; see conftest.py)."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -34,13 +38,15 @@ def test_same_tokens_on_gpu_and_in_reference_on_cpu():
         assert torch.equal(gpu, cpu), params
 
 
-def test_cuda_graph_capture_replays_eager_tokens():
+@pytest.mark.parametrize("validate", [False, True])
+def test_cuda_graph_capture_replays_eager_tokens(validate):
+    # validate=True (the default) skips its syncing checks while capturing
     B, V = 32, 32000
     logits = torch.randn(B, V, device="cuda") * 3
     seeds = torch.arange(B, device="cuda")
     offset = torch.zeros(B, dtype=torch.int64, device="cuda")
     params = dict(temperature=torch.full((B,), 0.7, device="cuda"), top_k=50, top_p=0.9)
-    step = lambda: fs.sample(logits, seed=seeds, offset=offset, validate=False,  # noqa
+    step = lambda: fs.sample(logits, seed=seeds, offset=offset, validate=validate,  # noqa
                              **params)
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
@@ -73,3 +79,57 @@ def test_draws_on_gpu_follow_the_reference():
     logits = torch.randn(50, device="cuda") * 2
     for params in CASES[2:]:
         assert testing.draw_p_value(logits, draws=200000, backend="triton", **params) > 1e-3
+
+
+def test_a_hundred_launches_give_bitwise_the_same_tokens_and_probs():
+    g = torch.Generator(device="cuda").manual_seed(1)
+    logits = (torch.randn(64, 128256, device="cuda", generator=g) * 3).to(torch.bfloat16)
+    seeds = torch.arange(64, device="cuda")
+    for params in CASES:
+        tokens = fs.sample(logits, seed=seeds, offset=3, **params)
+        probs = fs.filtered_probs(logits, **params)
+        for _ in range(100):
+            assert torch.equal(fs.sample(logits, seed=seeds, offset=3, **params), tokens)
+            assert torch.equal(fs.filtered_probs(logits, **params), probs)
+
+
+def test_the_interpreter_on_cpu_draws_the_gpu_kernels_tokens(tmp_path):
+    # TRITON_INTERPRET is read when triton is imported: the CPU run is another process
+    logits = torch.randn(8, 3000) * 3
+    torch.save(logits, tmp_path / "logits.pt")
+    script = (
+        "import sys, torch, fused_sampler as fs\n"
+        "x = torch.load(sys.argv[1])\n"
+        "cases = eval(sys.argv[2])\n"
+        "torch.save([fs.sample(x, seed=torch.arange(8), offset=2, backend='triton', **c)\n"
+        "            for c in cases], sys.argv[3])\n")
+    env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "logits.pt"), repr(CASES),
+                    str(tmp_path / "cpu.pt")], env=env, check=True)
+    cpu = torch.load(tmp_path / "cpu.pt")
+    for params, want in zip(CASES, cpu):
+        got = fs.sample(logits.cuda(), seed=torch.arange(8, device="cuda"), offset=2,
+                        backend="triton", **params)
+        assert torch.equal(got.cpu(), want), params
+
+
+def test_b4096_v2pow20plus7_runs_and_allocates_no_b_by_v_buffer():
+    B, V = 4096, 2 ** 20 + 7
+    g = torch.Generator(device="cuda").manual_seed(2)
+    logits = torch.empty(B, V, device="cuda", dtype=torch.bfloat16)
+    for i in range(0, B, 512):                      # fill without a B x V fp32 temporary
+        logits[i:i + 512] = (torch.randn(512, V, device="cuda", generator=g) * 3)
+    seeds = torch.arange(B, device="cuda")
+    check_rows = [0, 1, 2047, B - 1]
+    for params in CASES:
+        fs.sample(logits[:2], seed=seeds[:2], validate=False, **params)     # compile
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        tokens = fs.sample(logits, seed=seeds, validate=False, **params)
+        torch.cuda.synchronize()
+        extra = torch.cuda.max_memory_allocated() - base
+        assert extra < B * 64 * 1024, (params, extra)           # per-row scratch only
+        assert bool(((tokens >= 0) & (tokens < V)).all())
+        want = reference.sample(logits[check_rows], seed=seeds[check_rows], **params)
+        assert torch.equal(tokens[check_rows], want), params

@@ -13,6 +13,8 @@ import fused_sampler as fs
 from fused_sampler import _args, reference, testing
 from fused_sampler.kernels import sampler
 
+pytestmark = pytest.mark.interpreter
+
 # tile width / histogram bits / scratch capacity
 CONFIGS = {
     "tiny": dict(block=16, bin_bits=3, cap=8),      # many tiles, refines, tiny gathers

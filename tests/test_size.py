@@ -1,0 +1,52 @@
+"""Sizes engines reach: a vocabulary of 2^20 + 7 tokens, rows that start past 2^32
+elements, and the fused path's memory: per-row scratch only, nothing of size B x V.
+
+B = 4096 runs on a GPU (tests/test_gpu.py) and once through the interpreter by
+``scripts/size_check.py`` (docs/reliability.md): interpreted, a program costs ~0.1 s.
+"""
+import pytest
+import torch
+
+import fused_sampler as fs
+from fused_sampler import reference, testing
+
+pytestmark = pytest.mark.interpreter
+
+V_HUGE = 2 ** 20 + 7
+SCRATCH_PER_ROW = 2 * 1024 * 8 + (1 << 11) * 8    # 2 x CAP int64 slots + 2^11 int64 bins
+
+
+def spiky_logits(B, V, seed):
+    """N(0, 3) over V plus a few spikes: top-p must reach from the head into the tail."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, V, generator=g) * 3
+    x.scatter_(1, torch.randint(0, V, (B, 8), generator=g), 14 + 4 * torch.rand(B, 8, generator=g))
+    return x
+
+
+def test_a_vocabulary_of_two_to_the_20_plus_7_allocates_only_per_row_scratch():
+    x = spiky_logits(1, V_HUGE, seed=0).to(torch.bfloat16)
+    seeds = torch.tensor([11])
+    params = dict(temperature=0.8, top_p=0.95)      # the refine path: the longest
+    tokens, sizes = testing.allocations(
+        lambda: fs.sample(x, seed=seeds, validate=False, **params), x, seeds)
+    assert torch.equal(tokens, reference.sample(x, seed=seeds, **params))
+    assert max(n for _, n in sizes) <= SCRATCH_PER_ROW // 2
+    assert sum(n for _, n in sizes) <= SCRATCH_PER_ROW + 1024      # vs 4 MiB for B x V fp32
+
+
+def test_rows_that_start_past_two_to_the_32_elements():
+    # 8 GiB of address space, five rows of it touched.  The row stride fits in int32;
+    # row 4 starts at element 2^32 + 64, where an int32 row offset would wrap onto row 0
+    V = 1000
+    stride = 2 ** 30 + 16
+    buf = torch.empty(4 * stride + V, dtype=torch.bfloat16)
+    x = buf.as_strided((5, V), (stride, 1))
+    x.copy_(spiky_logits(5, V, seed=1))
+    dense = x.clone()
+    seeds = torch.arange(5) + 5
+    for params in (dict(), dict(temperature=0.7, top_k=50, top_p=0.9)):
+        assert torch.equal(fs.sample(x, seed=seeds, **params),
+                           reference.sample(dense, seed=seeds, **params))
+    torch.testing.assert_close(fs.filtered_probs(x, top_p=0.9),
+                               reference.filtered_probs(dense, top_p=0.9), rtol=1e-5, atol=1e-7)
