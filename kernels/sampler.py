@@ -27,13 +27,15 @@ import torch
 import triton
 import triton.language as tl
 
-FIX_BITS = 40                    # fixed-point mass unit: 2^-40 of the row max's weight
-FIX = float(2 ** FIX_BITS)
+# Module constants the kernel reads are tl.constexpr: a compiled @jit function may read
+# no other globals (the interpreter does not check this).
+FIX_BITS = tl.constexpr(40)      # fixed-point mass unit: 2^-40 of the row max's weight
+FIX = tl.constexpr(float(2 ** 40))
 # Relative and absolute slack on mass bounds taken from bin edges: covers float32 exp's
 # few-ulp error and the fixed-point rounding, so a bracket never misses the threshold.
-BOUND_SLACK = 1e-5
-NEG_INF = float("-inf")
-POS_INF = float("inf")
+BOUND_SLACK = tl.constexpr(1e-5)
+NEG_INF = tl.constexpr(float("-inf"))
+POS_INF = tl.constexpr(float("inf"))
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -163,8 +165,8 @@ def _bin_edges(span_lo, span_hi, shift, NB: tl.constexpr):
     return lo, hi
 
 
-KEY_NEG_INF = 0x007FFFFF          # _key(-inf): no sanitised logit has a smaller key
-KEY_NONE = 1 << 33                # above every key: "no token" as a lower bound
+KEY_NEG_INF = tl.constexpr(0x007FFFFF)         # _key(-inf): no sanitised logit has a smaller key
+KEY_NONE = tl.constexpr(1 << 33)       # above every key: "no token" as a lower bound
 
 
 @_device
@@ -273,10 +275,10 @@ def _param(ptr, val, row, IS_TENSOR: tl.constexpr, dtype: tl.constexpr):
 # ----------------------------------------------------------------------------- kernel
 
 # What the next streaming pass over the row does.
-REFINE = 1      # histogram the uncertain key ranges at finer resolution
-GATHER = 2      # copy the uncertain tokens to scratch, race the surely-kept ones
-RACE = 3        # both thresholds exact: race the kept tokens (or sum their mass)
-DONE = 4
+REFINE = tl.constexpr(1)  # histogram the uncertain key ranges at finer resolution
+GATHER = tl.constexpr(2)  # copy the uncertain tokens to scratch, race the surely-kept ones
+RACE = tl.constexpr(3)    # both thresholds exact: race the kept tokens (or sum their mass)
+DONE = tl.constexpr(4)
 
 
 @triton.jit
@@ -659,15 +661,16 @@ def _scalar_or_tensor(v, dtype, dummy):
     return dummy, v, False
 
 
-def launch(a, probs_mode: bool, *, return_logprobs: bool = True, block: int = None,
-           bin_bits: int = None, cap: int = None, stats: bool = False):
-    """Run the kernel on a checked call (see fused_sampler._args.Call).
+def kernel_args(a, probs_mode: bool, *, return_logprobs: bool = True, block: int = None,
+                bin_bits: int = None, cap: int = None, stats: bool = False):
+    """The launch of a checked call (see fused_sampler._args.Call), without launching it.
 
-    Returns (tokens int64 [B], logprobs float32 [B], probs float32 [B, V] or None,
-    passes int32 [B] or None).  ``block``, ``bin_bits`` and ``cap`` override the tile
-    width, the histogram resolution and the scratch capacity (tests shrink them so that
-    every multi-tile, refine and gather path runs on small inputs); ``stats`` returns the
-    number of full-row reads each row made.
+    Returns (grid, args, constexprs and launch options, outputs) where outputs are
+    (tokens int64 [B], logprobs float32 [B], probs float32 [B, V], passes int32 [B]), the
+    unrequested ones a 1-element dummy.  ``block``, ``bin_bits`` and ``cap`` override the
+    tile width, the histogram resolution and the scratch capacity (tests shrink them so
+    that every multi-tile, refine and gather path runs on small inputs); ``stats`` counts
+    the full-row reads each row made.
     """
     x = a.logits
     B, V = x.shape
@@ -694,18 +697,32 @@ def launch(a, probs_mode: bool, *, return_logprobs: bool = True, block: int = No
         else dummy
     binmass = torch.empty(B, 1 << bin_bits, dtype=torch.int64, device=dev) if has_p else dummy
     passes = torch.empty(B, dtype=torch.int32, device=dev) if stats else dummy
-    max_passes = 4 + 3 * -(-32 // bin_bits)
-    _sample_kernel[(B,)](
-        x, x.stride(0), V,
-        temp_ptr, temp_val, k_ptr, k_val, p_ptr, p_val, mp_ptr, mp_val,
-        seed_ptr, seed_val, off_ptr, off_val,
-        tokens, logprobs, probs, scratch, binmass, passes,
+    args = (x, x.stride(0), V,
+            temp_ptr, temp_val, k_ptr, k_val, p_ptr, p_val, mp_ptr, mp_val,
+            seed_ptr, seed_val, off_ptr, off_val,
+            tokens, logprobs, probs, scratch, binmass, passes)
+    consts = dict(
         TEMP_T=temp_t, TOPK_T=k_t, TOPP_T=p_t, MINP_T=mp_t, SEED_T=seed_t, OFFSET_T=off_t,
         HAS_TOP_K=has_k, HAS_TOP_P=has_p, HAS_MIN_P=has_m, JOINT=a.order == "joint",
         PROBS=probs_mode, LOGPROBS=return_logprobs, STATS=stats,
-        BLOCK=block, BIN_BITS=bin_bits, CAP=cap, CHUNK=min(16, cap), MAX_PASSES=max_passes,
-        num_warps=8 if block >= 2048 else 4,
-    )
+        BLOCK=block, BIN_BITS=bin_bits, CAP=cap, CHUNK=min(16, cap),
+        MAX_PASSES=4 + 3 * -(-32 // bin_bits))
+    # No FMA contraction: the kernel's float32 / float64 arithmetic must round as the
+    # reference's separate operations do (Triton 3.9 still fuses by default).
+    options = dict(num_warps=8 if block >= 2048 else 4, enable_fp_fusion=False)
+    return (B,), args, {**consts, **options}, (tokens, logprobs, probs, passes)
+
+
+def launch(a, probs_mode: bool, *, return_logprobs: bool = True, stats: bool = False,
+           **sizes):
+    """Run the kernel on a checked call (arguments as in :func:`kernel_args`).
+
+    Returns (tokens int64 [B], logprobs float32 [B] or None, probs float32 [B, V] or None,
+    passes int32 [B] or None).
+    """
+    grid, args, kwargs, (tokens, logprobs, probs, passes) = kernel_args(
+        a, probs_mode, return_logprobs=return_logprobs, stats=stats, **sizes)
+    _sample_kernel[grid](*args, **kwargs)
     return (tokens, logprobs if return_logprobs else None, probs if probs_mode else None,
             passes if stats else None)
 

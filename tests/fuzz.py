@@ -42,6 +42,8 @@ def main(argv=None):
 
     vocabs = test_fuzz.VOCABS + [255, 256, 257, 1000, 4097, 8191]
     phases = [Phase.generate] + ([Phase.shrink] if args.shrink else [])
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
+                            text=True).stdout.strip()
     cases, failures, r = 0, [], 0
     start = time.monotonic()
     deadline = start + 60 * args.minutes
@@ -76,8 +78,6 @@ def main(argv=None):
         print(f"{time.monotonic() - start:7.0f}s  rounds {r}  cases {cases}  "
               f"failed rounds {len(failures)}", flush=True)
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
     summary = dict(command="python -m tests.fuzz " + " ".join(argv or sys.argv[1:]),
                    commit=commit, device=args.device, seed=args.seed, minutes=args.minutes,
                    rounds=r, cases=cases, failed_rounds=len(failures), failures=failures,

@@ -1,0 +1,111 @@
+"""Compile the kernel for a GPU target on a machine without one (Triton's AOT path).
+
+The interpreter runs the kernel's Python on CPU tensors and forgives what the compiler
+does not (a global that is not a ``tl.constexpr``, a type that changes around a loop).
+This script builds the launch of real calls with :func:`fused_sampler.kernels.sampler.
+kernel_args`, then compiles each specialisation through Triton's frontend, LLVM and ptxas
+to a cubin for ``--arch`` (Hopper, sm_90, by default).  No GPU and no CUDA driver needed.
+
+    python scripts/compile_check.py             # every filter / mode combination, ~20 s each
+    python scripts/compile_check.py --quick     # two: all filters drawing, all filters' probs
+"""
+import argparse
+import itertools
+import os
+import sys
+import time
+
+os.environ.pop("TRITON_INTERPRET", None)     # the real @triton.jit functions
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from fused_sampler import _args  # noqa: E402
+from fused_sampler.kernels import sampler  # noqa: E402
+
+_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
+          torch.float64: "fp64", torch.int64: "i64", torch.int32: "i32"}
+_OPTIONS = ("num_warps", "enable_fp_fusion")
+
+
+def _scalar_type(v):
+    if isinstance(v, bool):
+        return "i1"
+    if isinstance(v, int):
+        return "i32" if -2 ** 31 <= v < 2 ** 31 else "i64"
+    return "fp32"
+
+
+def compile_call(a, probs_mode, arch, **launch):
+    """Compile the specialisation a launch of call ``a`` would use; return the kernel."""
+    _, args, kwargs, _ = sampler.kernel_args(a, probs_mode, **launch)
+    fn = sampler._sample_kernel
+    signature, constexprs = {}, {}
+    for name, v in zip(fn.arg_names, args + tuple(kwargs[n] for n in fn.arg_names[len(args):])):
+        if isinstance(v, torch.Tensor):
+            signature[name] = "*" + _TYPES[v.dtype]
+        elif name in kwargs:
+            signature[name] = "constexpr"
+            constexprs[(fn.arg_names.index(name),)] = v
+        else:
+            signature[name] = _scalar_type(v)
+    options = {k: kwargs[k] for k in _OPTIONS}
+    return triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", arch, 32),
+                          options=options)
+
+
+def calls(quick):
+    """(name, call, probs_mode, launch overrides): every filter combination in both modes,
+    per-row tensors and scalars, a bf16 row and small sizes."""
+    B, V = 2, 1 << 16
+    x = torch.zeros(B, V, dtype=torch.bfloat16)
+    rows = lambda v, dt: torch.full((B,), v, dtype=dt)  # noqa: E731
+    seeds = torch.arange(B)
+    combos = [(True, True, True, "top_k_first"), (True, True, True, "joint")] if quick else \
+        [(k, p, m, order) for k, p, m in itertools.product([False, True], repeat=3)
+         for order in (["top_k_first", "joint"] if k and p else ["top_k_first"])]
+    for i, (k, p, m, order) in enumerate(combos):
+        tensors = i % 2 == 1
+        a = _args.check(x, rows(0.7, torch.float32) if tensors else 0.7,
+                        (rows(50, torch.int64) if tensors else 50) if k else None,
+                        (rows(0.9, torch.float64) if tensors else 0.9) if p else None,
+                        (rows(0.05, torch.float32) if tensors else 0.05) if m else None,
+                        order, seed=seeds if tensors else 3, offset=seeds if tensors else 0,
+                        validate=False)
+        for probs_mode in (False, True):
+            if quick and probs_mode != (order == "joint"):
+                continue
+            name = (f"k={k:d} p={p:d} min_p={m:d} {order} "
+                    f"{'probs' if probs_mode else 'sample'} {'tensors' if tensors else 'scalars'}")
+            yield name, a, probs_mode, dict(stats=not probs_mode and tensors)
+    if not quick:
+        a = _args.check(torch.zeros(B, 100), 1.0, 5, 0.9, None, "top_k_first", seed=0,
+                        validate=False)
+        yield "small sizes (block 16, 3 bits, cap 8)", a, False, dict(block=16, bin_bits=3,
+                                                                       cap=8)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 80, 90")
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args(argv)
+    print(f"triton {triton.__version__}, target sm_{args.arch}")
+    failed = 0
+    for name, a, probs_mode, launch in calls(args.quick):
+        start = time.perf_counter()
+        try:
+            k = compile_call(a, probs_mode, args.arch, **launch)
+            print(f"  ok    {name}: {time.perf_counter() - start:.1f} s, cubin "
+                  f"{len(k.asm['cubin'])} bytes, {k.metadata.shared} B shared", flush=True)
+        except Exception as e:  # noqa: BLE001 (report every specialisation)
+            failed += 1
+            print(f"  FAIL  {name}: {type(e).__name__}: {str(e)[:2000]}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
