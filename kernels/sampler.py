@@ -1,11 +1,13 @@
 """The fused sampler: one Triton kernel from logits to token ids.
 
-One program per row.  Every pass streams the row in BLOCK-wide tiles; the passes are:
+A fixed grid of programs (a few per SM) walks the rows, one row at a time per program,
+each program with its own small scratch: memory is per program, not per row.  Every pass
+streams the row in BLOCK-wide tiles; the passes are:
 
   pass 1   max, greedy argmax, online normaliser, and either the Gumbel race (no filter:
            done in one read) or a count histogram of the logits' order keys (top-k/top-p).
   search   the histogram brackets the top-k threshold exactly (counts) and the top-p
-           threshold (mass bounds).  If the uncertain tokens fit the per-row scratch
+           threshold (mass bounds).  If the uncertain tokens fit the program's scratch
            buffer (CAP), one *gather* pass copies them there and races every surely-kept
            token on the way; an exact search in scratch finishes.  Otherwise a *refine*
            pass histograms only the uncertain key range, 2^BIN_BITS times finer.
@@ -20,6 +22,7 @@ measured in docs/design.md), plus one per refine.  See docs/design.md for why it
 All masses are exact fixed-point sums (int64, 2^-40 units) of float32 exp((x - max) / T),
 so they do not depend on the tile order, the block size or the number of warps.
 """
+import functools
 import os
 import struct
 
@@ -283,7 +286,7 @@ DONE = tl.constexpr(4)
 
 @triton.jit
 def _sample_kernel(
-    logits_ptr, stride_row, V,
+    logits_ptr, stride_row, V, n_rows,
     temp_ptr, temp_val, topk_ptr, topk_val, topp_ptr, topp_val, minp_ptr, minp_val,
     seed_ptr, seed_val, offset_ptr, offset_val,
     tokens_ptr, logprobs_ptr, probs_ptr, scratch_ptr, binmass_ptr, stats_ptr,
@@ -295,8 +298,38 @@ def _sample_kernel(
     MAX_PASSES: tl.constexpr,
 ):
     NB: tl.constexpr = 1 << BIN_BITS
-    row = tl.program_id(0).to(tl.int64)
-    row_ptr = logits_ptr + row * stride_row
+    # A fixed grid of programs walks the rows, so the scratch is per program (the grid is
+    # a few waves of the GPU), not per row: memory does not grow with the batch.
+    program = tl.program_id(0).to(tl.int64)
+    scratch_row = scratch_ptr + program * (2 * CAP)
+    binmass_row = binmass_ptr + program * NB
+    for row32 in range(tl.program_id(0), n_rows, tl.num_programs(0)):
+        tl.debug_barrier()     # the previous row's reads of the scratch are done
+        row = tl.cast(row32, tl.int64)
+        _sample_row(
+            logits_ptr + row * stride_row, V, row,
+            temp_ptr, temp_val, topk_ptr, topk_val, topp_ptr, topp_val, minp_ptr, minp_val,
+            seed_ptr, seed_val, offset_ptr, offset_val,
+            tokens_ptr, logprobs_ptr, probs_ptr, scratch_row, binmass_row, stats_ptr,
+            TEMP_T, TOPK_T, TOPP_T, MINP_T, SEED_T, OFFSET_T, HAS_TOP_K, HAS_TOP_P,
+            HAS_MIN_P, JOINT, PROBS, LOGPROBS, STATS, BLOCK, BIN_BITS, CAP, CHUNK, MAX_PASSES)
+
+
+@_device
+def _sample_row(
+    row_ptr, V, row,
+    temp_ptr, temp_val, topk_ptr, topk_val, topp_ptr, topp_val, minp_ptr, minp_val,
+    seed_ptr, seed_val, offset_ptr, offset_val,
+    tokens_ptr, logprobs_ptr, probs_ptr, scratch_row, binmass_row, stats_ptr,
+    TEMP_T: tl.constexpr, TOPK_T: tl.constexpr, TOPP_T: tl.constexpr, MINP_T: tl.constexpr,
+    SEED_T: tl.constexpr, OFFSET_T: tl.constexpr,
+    HAS_TOP_K: tl.constexpr, HAS_TOP_P: tl.constexpr, HAS_MIN_P: tl.constexpr,
+    JOINT: tl.constexpr, PROBS: tl.constexpr, LOGPROBS: tl.constexpr, STATS: tl.constexpr,
+    BLOCK: tl.constexpr, BIN_BITS: tl.constexpr, CAP: tl.constexpr, CHUNK: tl.constexpr,
+    MAX_PASSES: tl.constexpr,
+):
+    """One row, start to finish: the whole algorithm (module docstring)."""
+    NB: tl.constexpr = 1 << BIN_BITS
     lanes = tl.arange(0, BLOCK)
     bins = tl.arange(0, NB)
     slots = tl.arange(0, CAP)
@@ -425,8 +458,6 @@ def _sample_kernel(
     exact = no                                      # masses above come from a full pass
     classify = search
     kind = tl.where(search, REFINE, tl.where(m_on, RACE, DONE))
-    scratch_row = scratch_ptr + row * (2 * CAP)
-    binmass_row = binmass_ptr + row * NB
 
     while (kind != DONE) & (passes < MAX_PASSES):
         if classify:
@@ -661,16 +692,27 @@ def _scalar_or_tensor(v, dtype, dummy):
     return dummy, v, False
 
 
+@functools.lru_cache(maxsize=None)
+def _programs_for(device: torch.device) -> int:
+    """How many programs walk the rows: four per SM on a GPU (more than can be resident:
+    the grid never idles an SM), 32 in the interpreter (so tests run the row loop)."""
+    if device.type == "cuda":
+        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 32
+
+
 def kernel_args(a, probs_mode: bool, *, return_logprobs: bool = True, block: int = None,
-                bin_bits: int = None, cap: int = None, stats: bool = False):
+                bin_bits: int = None, cap: int = None, programs: int = None,
+                stats: bool = False):
     """The launch of a checked call (see fused_sampler._args.Call), without launching it.
 
     Returns (grid, args, constexprs and launch options, outputs) where outputs are
     (tokens int64 [B], logprobs float32 [B], probs float32 [B, V], passes int32 [B]), the
     unrequested ones a 1-element dummy.  ``block``, ``bin_bits`` and ``cap`` override the
     tile width, the histogram resolution and the scratch capacity (tests shrink them so
-    that every multi-tile, refine and gather path runs on small inputs); ``stats`` counts
-    the full-row reads each row made.
+    that every multi-tile, refine and gather path runs on small inputs); ``programs`` the
+    number of programs sharing the rows (each owns one scratch); ``stats`` counts the
+    full-row reads each row made.
     """
     x = a.logits
     B, V = x.shape
@@ -693,11 +735,13 @@ def kernel_args(a, probs_mode: bool, *, return_logprobs: bool = True, block: int
     tokens = torch.empty(B, dtype=torch.int64, device=dev)
     logprobs = torch.empty(B, dtype=torch.float32, device=dev) if return_logprobs else dummy
     probs = torch.empty(B, V, dtype=torch.float32, device=dev) if probs_mode else dummy
-    scratch = torch.empty(B, 2 * cap, dtype=torch.int64, device=dev) if has_k or has_p \
+    grid = min(B, programs or _programs_for(dev))
+    scratch = torch.empty(grid, 2 * cap, dtype=torch.int64, device=dev) if has_k or has_p \
         else dummy
-    binmass = torch.empty(B, 1 << bin_bits, dtype=torch.int64, device=dev) if has_p else dummy
+    binmass = torch.empty(grid, 1 << bin_bits, dtype=torch.int64, device=dev) if has_p \
+        else dummy
     passes = torch.empty(B, dtype=torch.int32, device=dev) if stats else dummy
-    args = (x, x.stride(0), V,
+    args = (x, x.stride(0), V, B,
             temp_ptr, temp_val, k_ptr, k_val, p_ptr, p_val, mp_ptr, mp_val,
             seed_ptr, seed_val, off_ptr, off_val,
             tokens, logprobs, probs, scratch, binmass, passes)
@@ -710,7 +754,7 @@ def kernel_args(a, probs_mode: bool, *, return_logprobs: bool = True, block: int
     # No FMA contraction: the kernel's float32 / float64 arithmetic must round as the
     # reference's separate operations do (Triton 3.9 still fuses by default).
     options = dict(num_warps=8 if block >= 2048 else 4, enable_fp_fusion=False)
-    return (B,), args, {**consts, **options}, (tokens, logprobs, probs, passes)
+    return (grid,), args, {**consts, **options}, (tokens, logprobs, probs, passes)
 
 
 def launch(a, probs_mode: bool, *, return_logprobs: bool = True, stats: bool = False,

@@ -148,6 +148,25 @@ def test_tokens_do_not_depend_on_block_sizes_or_batch():
     assert verdict, verdict.detail
 
 
+def test_programs_reuse_their_scratch_row_after_row():
+    # 7 rows of every path on 1 and 3 programs: each program's scratch and bin masses
+    # serve several rows in turn (refines and gathers included), and no row may see the
+    # last row's leftovers
+    logits = torch.cat([llm_like(4, 300, seed=9), torch.full((1, 300), 1.0),
+                        torch.randint(-2, 2, (2, 300), generator=torch.Generator()
+                                      .manual_seed(3)).float()])
+    params = dict(temperature=torch.tensor([0.7, 0.0, 1.3, 1.0, 1.0, 0.5, 2.0]),
+                  top_k=torch.tensor([50, 5, 0, 300, 3, 100, 1]),
+                  top_p=torch.tensor([0.9, 1.0, 0.5, 0.95, 0.3, 0.99, 0.8]), min_p=0.01)
+    for programs in (1, 3):
+        cfg = dict(CONFIGS["small"], programs=programs)
+        a, tokens, _, _, passes = run(logits, cfg, False, **params)
+        assert torch.equal(tokens, reference.draw(a)[0]), programs
+    assert int(passes.max()) > 2                        # a refine ran on a shared scratch
+    probs = run(logits, cfg, True, **params)[3]
+    torch.testing.assert_close(probs, reference.probs(a), rtol=1e-5, atol=1e-7)
+
+
 def test_seed_and_offset_select_independent_draws():
     logits = torch.zeros(1, 1000).expand(64, 1000)            # uniform rows
     base = fs.sample(logits, seed=3, offset=0)
