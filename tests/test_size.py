@@ -1,5 +1,6 @@
 """Sizes engines reach: a vocabulary of 2^20 + 7 tokens, rows that start past 2^32
-elements, and the fused path's memory: per-row scratch only, nothing of size B x V.
+elements, and the fused path's memory: a scratch per program (not per row), nothing of
+size B x V.
 
 B = 4096 runs on a GPU (tests/test_gpu.py) and once through the interpreter by
 ``scripts/size_check.py`` (docs/reliability.md): interpreted, a program costs ~0.1 s.
@@ -13,7 +14,7 @@ from fused_sampler import reference, testing
 pytestmark = pytest.mark.interpreter
 
 V_HUGE = 2 ** 20 + 7
-SCRATCH_PER_ROW = 2 * 1024 * 8 + (1 << 11) * 8    # 2 x CAP int64 slots + 2^11 int64 bins
+SCRATCH_PER_PROGRAM = 2 * 1024 * 8 + (1 << 11) * 8    # 2 x CAP int64 + 2^11 int64 bins
 
 
 def spiky_logits(B, V, seed):
@@ -24,15 +25,15 @@ def spiky_logits(B, V, seed):
     return x
 
 
-def test_a_vocabulary_of_two_to_the_20_plus_7_allocates_only_per_row_scratch():
+def test_a_vocabulary_of_two_to_the_20_plus_7_allocates_only_one_scratch():
     x = spiky_logits(1, V_HUGE, seed=0).to(torch.bfloat16)
     seeds = torch.tensor([11])
     params = dict(temperature=0.8, top_p=0.95)      # the refine path: the longest
     tokens, sizes = testing.allocations(
         lambda: fs.sample(x, seed=seeds, validate=False, **params), x, seeds)
     assert torch.equal(tokens, reference.sample(x, seed=seeds, **params))
-    assert max(n for _, n in sizes) <= SCRATCH_PER_ROW // 2
-    assert sum(n for _, n in sizes) <= SCRATCH_PER_ROW + 1024      # vs 4 MiB for B x V fp32
+    assert max(n for _, n in sizes) <= SCRATCH_PER_PROGRAM // 2
+    assert sum(n for _, n in sizes) <= SCRATCH_PER_PROGRAM + 1024      # vs 4 MiB for B x V fp32
 
 
 def test_rows_that_start_past_two_to_the_32_elements():
@@ -50,3 +51,22 @@ def test_rows_that_start_past_two_to_the_32_elements():
                            reference.sample(dense, seed=seeds, **params))
     torch.testing.assert_close(fs.filtered_probs(x, top_p=0.9),
                                reference.filtered_probs(dense, top_p=0.9), rtol=1e-5, atol=1e-7)
+
+
+def test_memory_does_not_grow_with_the_batch_past_the_grid():
+    # the interpreter's grid is 32 programs: 64 rows reuse the 32 scratches of 32 rows
+    def allocated(B):
+        x = spiky_logits(B, 40, seed=B)
+        seeds = torch.arange(B)
+        tokens, sizes = testing.allocations(
+            lambda: fs.sample(x, seed=seeds, top_k=5, top_p=0.9, validate=False), x, seeds)
+        assert torch.equal(tokens, reference.sample(x, seed=seeds, top_k=5, top_p=0.9))
+        return sorted(n for _, n in sizes)
+
+    small, large = allocated(32), allocated(64)
+    outputs = lambda B: sorted([B * 8, B * 4])          # noqa: E731 (tokens, logprobs)
+    for n in outputs(32):
+        small.remove(n)
+    for n in outputs(64):
+        large.remove(n)
+    assert small == large and max(large) <= 32 * 2 * 64 * 8
