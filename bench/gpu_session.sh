@@ -7,6 +7,7 @@
 #   bash bench/gpu_session.sh all   [--quick]            # everything, under ~25 minutes
 #   bash bench/gpu_session.sh setup                      # install + environment report
 #   bash bench/gpu_session.sh test                       # setup + GPU tests + full suite
+#   bash bench/gpu_session.sh reliability                # setup + GPU fuzz + B=4096 sizes
 #   bash bench/gpu_session.sh bench [--quick] [--dtype float32|bfloat16] [--budget S]
 #   bash bench/gpu_session.sh pytest-bench               # setup + pytest-benchmark (quick grid)
 #
@@ -26,7 +27,7 @@ DTYPE=""
 BUDGET=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    all|setup|test|bench|pytest-bench) STEP=$1 ;;
+    all|setup|test|reliability|bench|pytest-bench) STEP=$1 ;;
     --quick) QUICK=1 ;;
     --dtype) DTYPE=$2; shift ;;
     --budget) BUDGET=$2; shift ;;
@@ -119,10 +120,20 @@ run_pytest_bench() {
     --benchmark-json "$OUT/pytest-benchmark-$GPU.json" 2>&1 | tee "$OUT/pytest-bench.log" | tail -40
 }
 
+run_reliability() {  # issue 4's GPU parts beyond the tests: fuzz, sizes, compile
+  log "fuzz campaign on the GPU (3 min)"
+  timeout 300 python3 -m tests.fuzz --device cuda --minutes 3 --out "$OUT/fuzz-gpu.json" \
+    2>&1 | tail -3 | tee "$OUT/fuzz-gpu.log"
+  log "sizes: B=4096, V=2^20+7, bf16"
+  timeout 240 python3 scripts/size_check.py --batch 4096 --vocab 1048583 \
+    2>&1 | tee "$OUT/size-gpu.md"
+}
+
 setup
 case "$STEP" in
   setup) ;;
   test) run_tests ;;
+  reliability) run_reliability ;;
   bench) run_bench 570 ;;
   pytest-bench) run_pytest_bench ;;
   all) run_tests; run_bench $(( 24 * 60 )) ;;

@@ -54,7 +54,12 @@ def main(argv=None):
             return call
         moved = {k: v.to(args.device) if isinstance(v, torch.Tensor) else v
                  for k, v in params.items()}
-        return x.to(args.device), moved, cfg
+        if x.stride(0) == 0:        # one row broadcast: keep the row stride 0
+            xd = x[:1].to(args.device).expand(x.shape)
+        else:                       # keep the drawn strides, which .to() would densify
+            xd = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=args.device)
+            xd.copy_(x)
+        return xd, moved, cfg
 
     while time.monotonic() < deadline:
         @hypothesis_seed(args.seed * 1_000_003 + r)

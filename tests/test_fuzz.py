@@ -107,9 +107,9 @@ def check_call(call):
     """Every invariant for one drawn call (shared by CI and the long campaign)."""
     x, params, cfg = call
     B, V = x.shape
+    seeds = torch.arange(B, device=x.device) * 3 + 1
     a = _args.check(x, params["temperature"], params["top_k"], params["top_p"],
-                    params["min_p"], params["order"], seed=torch.arange(B) * 3 + 1,
-                    offset=5, validate=False)
+                    params["min_p"], params["order"], seed=seeds, offset=5, validate=False)
     tokens, logprobs, _, passes = sampler.launch(a, False, stats=True, **cfg)
     assert bool(((tokens >= 0) & (tokens < V)).all())
     assert int(passes.max()) < 4 + 3 * -(-32 // cfg.get("bin_bits", 4))
