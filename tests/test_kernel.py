@@ -236,9 +236,10 @@ def test_odd_rows_without_validation_stay_defined(special):
         x[1, :60] = float("-inf")
         x[2, 3] = float("inf")
         x[3, 1::2] = float("-inf")
-    # (greedy and T = 1e-30 rows with special values are covered by tests/test_fuzz.py)
+    # (greedy and T = 1e-30 rows, and the tiny sizes, with special values are covered by
+    # tests/test_fuzz.py)
     for params in (dict(), dict(top_k=3, top_p=0.9), dict(top_p=0.5, min_p=0.1, order="joint")):
-        for cfg in ("tiny", "default"):
+        for cfg in ("small", "default"):
             a, tokens, _, _, _ = run(x, CONFIGS[cfg], False, **params)
             assert bool(((tokens >= 0) & (tokens < x.shape[1])).all())
             assert torch.equal(tokens, reference.draw(a)[0])
