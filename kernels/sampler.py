@@ -168,8 +168,8 @@ def _bin_edges(span_lo, span_hi, shift, NB: tl.constexpr):
     return lo, hi
 
 
-KEY_NEG_INF = tl.constexpr(0x007FFFFF)         # _key(-inf): no sanitised logit has a smaller key
-KEY_NONE = tl.constexpr(1 << 33)       # above every key: "no token" as a lower bound
+KEY_NEG_INF = tl.constexpr(0x007FFFFF)   # _key(-inf): no sanitised logit has a smaller key
+KEY_NONE = tl.constexpr(1 << 33)         # above every key: "no token" as a lower bound
 
 
 @_device
@@ -268,9 +268,12 @@ def _top_p_window(cnt, lo_m, hi_m, span_lo, span_hi, shift, mass_above, pk_lo, p
 
 @_device
 def _param(ptr, val, row, IS_TENSOR: tl.constexpr, dtype: tl.constexpr):
-    """A per-row parameter: entry ``row`` of a [B] tensor, or the scalar every row shares."""
+    """A per-row parameter: entry ``row`` of a [B] tensor, or the scalar every row shares
+    (a float64 one arrives as its bits: see _scalar_or_tensor)."""
     if IS_TENSOR:
         return tl.load(ptr + row).to(dtype)
+    elif dtype == tl.float64:
+        return tl.cast(val, tl.int64).to(tl.float64, bitcast=True)
     else:
         return tl.cast(val, dtype)
 
@@ -353,10 +356,7 @@ def _sample_row(
     p = tl.full([], 1.0, tl.float64)
     p_on = no
     if HAS_TOP_P:
-        if TOPP_T:
-            p = tl.load(topp_ptr + row).to(tl.float64)
-        else:   # a Python float arrives as its float64 bits (a float argument is fp32)
-            p = tl.cast(topp_val, tl.int64).to(tl.float64, bitcast=True)
+        p = _param(topp_ptr, topp_val, row, TOPP_T, tl.float64)
         p_on = ~greedy & (p < 1.0)
         p = tl.maximum(p, 1e-30)
     mp = tl.full([], 1.0, tl.float32)
@@ -686,10 +686,22 @@ def _sizes_for(vocab: int):
 
 
 def _scalar_or_tensor(v, dtype, dummy):
-    """(pointer, value, is_tensor) for a parameter given as a number or a [B] tensor."""
+    """(pointer, value, is_tensor) for a parameter given as a number or a [B] tensor.
+
+    Triton passes a Python float as fp32, so a float64 scalar goes as its bits (int64),
+    which _param reinterprets: top_p = 0.9 would otherwise act as 0.8999999762."""
     if isinstance(v, torch.Tensor):
         return v.to(dtype), 0, True
+    if dtype == torch.float64:
+        return dummy, struct.unpack("<q", struct.pack("<d", v))[0], False
     return dummy, v, False
+
+
+def max_passes(bin_bits: int) -> int:
+    """The kernel's cap on full-row reads of one row, 4 + 3 * ceil(32 / bin_bits): far
+    above anything measured (docs/design.md, "Worst case"); the tests assert no row
+    reaches it."""
+    return 4 + 3 * -(-32 // bin_bits)
 
 
 @functools.lru_cache(maxsize=None)
@@ -726,8 +738,6 @@ def kernel_args(a, probs_mode: bool, *, return_logprobs: bool = True, block: int
     temp_ptr, temp_val, temp_t = _scalar_or_tensor(a.temperature, torch.float32, dummy)
     k_ptr, k_val, k_t = _scalar_or_tensor(a.top_k if has_k else 0, torch.int64, dummy)
     p_ptr, p_val, p_t = _scalar_or_tensor(a.top_p if has_p else 1.0, torch.float64, dummy)
-    if not p_t:    # Triton passes a Python float as fp32: 0.9 would become 0.8999999762
-        p_val = struct.unpack("<q", struct.pack("<d", p_val))[0]
     mp_ptr, mp_val, mp_t = _scalar_or_tensor(a.min_p if has_m else 0.0, torch.float32, dummy)
     seed_ptr, seed_val, seed_t = _scalar_or_tensor(a.seed, torch.int64, dummy)
     off_ptr, off_val, off_t = _scalar_or_tensor(a.offset, torch.int64, dummy)
@@ -750,7 +760,7 @@ def kernel_args(a, probs_mode: bool, *, return_logprobs: bool = True, block: int
         HAS_TOP_K=has_k, HAS_TOP_P=has_p, HAS_MIN_P=has_m, JOINT=a.order == "joint",
         PROBS=probs_mode, LOGPROBS=return_logprobs, STATS=stats,
         BLOCK=block, BIN_BITS=bin_bits, CAP=cap, CHUNK=min(16, cap),
-        MAX_PASSES=4 + 3 * -(-32 // bin_bits))
+        MAX_PASSES=max_passes(bin_bits))
     # No FMA contraction: the kernel's float32 / float64 arithmetic must round as the
     # reference's separate operations do (Triton 3.9 still fuses by default).
     options = dict(num_warps=8 if block >= 2048 else 4, enable_fp_fusion=False)

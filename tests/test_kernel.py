@@ -61,7 +61,7 @@ def assert_matches_reference(logits, cfg, **params):
     ref_tokens, ref_logprobs = reference.draw(a)
     assert torch.equal(tokens, ref_tokens)
     torch.testing.assert_close(logprobs, ref_logprobs, rtol=1e-5, atol=1e-5)
-    assert int(passes2.max()) < 4 + 3 * -(-32 // cfg.get("bin_bits", 4))
+    assert int(passes2.max()) < sampler.max_passes(cfg.get("bin_bits", 4))
     return passes2
 
 

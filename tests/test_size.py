@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import fused_sampler as fs
+from bench.workloads import make_logits
 from fused_sampler import reference, testing
 
 pytestmark = pytest.mark.interpreter
@@ -17,16 +18,8 @@ V_HUGE = 2 ** 20 + 7
 SCRATCH_PER_PROGRAM = 2 * 1024 * 8 + (1 << 11) * 8    # 2 x CAP int64 + 2^11 int64 bins
 
 
-def spiky_logits(B, V, seed):
-    """N(0, 3) over V plus a few spikes: top-p must reach from the head into the tail."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, V, generator=g) * 3
-    x.scatter_(1, torch.randint(0, V, (B, 8), generator=g), 14 + 4 * torch.rand(B, 8, generator=g))
-    return x
-
-
 def test_a_vocabulary_of_two_to_the_20_plus_7_allocates_only_one_scratch():
-    x = spiky_logits(1, V_HUGE, seed=0).to(torch.bfloat16)
+    x = make_logits(1, V_HUGE, "bfloat16", seed=0)
     seeds = torch.tensor([11])
     params = dict(temperature=0.8, top_p=0.95)      # the refine path: the longest
     tokens, sizes = testing.allocations(
@@ -43,7 +36,7 @@ def test_rows_that_start_past_two_to_the_32_elements():
     stride = 2 ** 30 + 16
     buf = torch.empty(4 * stride + V, dtype=torch.bfloat16)
     x = buf.as_strided((5, V), (stride, 1))
-    x.copy_(spiky_logits(5, V, seed=1))
+    x.copy_(make_logits(5, V, seed=1))
     dense = x.clone()
     seeds = torch.arange(5) + 5
     for params in (dict(), dict(temperature=0.7, top_k=50, top_p=0.9)):
@@ -56,7 +49,7 @@ def test_rows_that_start_past_two_to_the_32_elements():
 def test_memory_does_not_grow_with_the_batch_past_the_grid():
     # the interpreter's grid is 32 programs: 64 rows reuse the 32 scratches of 32 rows
     def allocated(B):
-        x = spiky_logits(B, 40, seed=B)
+        x = make_logits(B, 40, seed=B)
         seeds = torch.arange(B)
         tokens, sizes = testing.allocations(
             lambda: fs.sample(x, seed=seeds, top_k=5, top_p=0.9, validate=False), x, seeds)
