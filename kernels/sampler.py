@@ -394,7 +394,7 @@ def _sample_row(
         best_g_v = tl.zeros([BLOCK], tl.float64)
         best_i_v = tl.zeros([BLOCK], tl.int64)
         hist = tl.zeros([NB], tl.int32)
-        for start in range(0, V, BLOCK):
+        for start in range(0, V, BLOCK):  # stream: first
             offs = start + lanes
             msk = offs < V
             x = _load_x(row_ptr, offs, msk, mode)
@@ -538,7 +538,7 @@ def _sample_row(
         above_a_from = tl.where(a_done, KEY_NONE, a_hi + 1)
         above_b_from = tl.where(b_done, KEY_NONE, b_hi + 1)
         ge_k_from = tl.where(a_done, theta_k, KEY_NONE)
-        for start in range(0, V, BLOCK):
+        for start in range(0, V, BLOCK):  # stream: second
             offs, msk, x, key, d = _tile(row_ptr, start, lanes, V, mode, m, inv_t)
             fx = _fixed(d)                          # 0 for -inf and for lanes past V
             z_acc += fx
@@ -649,7 +649,7 @@ def _sample_row(
     # ---- results.  The kept mass is pass 1's normaliser for a row with no filter.
     kept_nat = tl.where(plain, z, kept_mass / FIX)
     if PROBS:
-        for start in range(0, V, BLOCK):
+        for start in range(0, V, BLOCK):  # stream: write
             offs, msk, x, key, d = _tile(row_ptr, start, lanes, V, mode, m, inv_t)
             keep = (d >= log_mp) & (key >= theta_k) & (key >= theta_p)
             prob = tl.where(keep, (tl.exp(d).to(tl.float64) / kept_nat).to(tl.float32), 0.0)

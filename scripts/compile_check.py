@@ -6,10 +6,16 @@ This script builds the launch of real calls with :func:`fused_sampler.kernels.sa
 kernel_args`, then compiles each specialisation through Triton's frontend, LLVM and ptxas
 to a cubin for ``--arch`` (Hopper, sm_90, by default).  No GPU and no CUDA driver needed.
 
-    python scripts/compile_check.py             # every filter / mode combination, ~20 s each
+The specialisation is the one a real launch gets: Triton's own binder reads the arguments
+(16-byte alignment of pointers, divisibility of sizes by 16), so the code is the code a
+GPU runs (128-bit loads where a launch would get them).
+
+    python scripts/compile_check.py             # every filter / mode combination
     python scripts/compile_check.py --quick     # two: all filters drawing, all filters' probs
 """
 import argparse
+import contextlib
+import io
 import itertools
 import os
 import sys
@@ -26,35 +32,42 @@ from triton.compiler import ASTSource  # noqa: E402
 from fused_sampler import _args  # noqa: E402
 from fused_sampler.kernels import sampler  # noqa: E402
 
-_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
-          torch.float64: "fp64", torch.int64: "i64", torch.int32: "i32"}
-_OPTIONS = ("num_warps", "enable_fp_fusion")
+
+def _specialise(fn, args, kwargs, target):
+    """(signature, constexprs, attrs, options) exactly as a launch with these arguments
+    would compile them, from Triton's own binder (no driver needed)."""
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+    backend = make_backend(target)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    kwargs = dict(kwargs, debug=False)
+    bound, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound,
+                                                          specialization, options)
+    return signature, constexprs, attrs, options.__dict__
 
 
-def _scalar_type(v):
-    if isinstance(v, bool):
-        return "i1"
-    if isinstance(v, int):
-        return "i32" if -2 ** 31 <= v < 2 ** 31 else "i64"
-    return "fp32"
+def compile_call(a, probs_mode, arch, ptxas_log=False, **launch):
+    """Compile the specialisation a launch of call ``a`` would use.
 
-
-def compile_call(a, probs_mode, arch, **launch):
-    """Compile the specialisation a launch of call ``a`` would use; return the kernel."""
+    Returns the compiled kernel, or (kernel, ptxas's -v report) with ``ptxas_log``: the
+    registers, stack frame and spill bytes (a driverless compile has no other source of
+    them)."""
     _, args, kwargs, _ = sampler.kernel_args(a, probs_mode, **launch)
     fn = sampler._sample_kernel
-    signature, constexprs = {}, {}
-    for name, v in zip(fn.arg_names, args + tuple(kwargs[n] for n in fn.arg_names[len(args):])):
-        if isinstance(v, torch.Tensor):
-            signature[name] = "*" + _TYPES[v.dtype]
-        elif name in kwargs:
-            signature[name] = "constexpr"
-            constexprs[(fn.arg_names.index(name),)] = v
-        else:
-            signature[name] = _scalar_type(v)
-    options = {k: kwargs[k] for k in _OPTIONS}
-    return triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", arch, 32),
-                          options=options)
+    target = GPUTarget("cuda", arch, 32)
+    signature, constexprs, attrs, options = _specialise(fn, args, kwargs, target)
+    src = ASTSource(fn, signature, constexprs, attrs)
+    if not ptxas_log:
+        return triton.compile(src, target=target, options=options)
+    from triton import knobs
+    out = io.StringIO()
+    with knobs.nvidia.scope(), knobs.compilation.scope():
+        knobs.nvidia.dump_ptxas_log = True       # printed only when ptxas runs ...
+        knobs.compilation.always_compile = True  # ... so never take it from the cache
+        with contextlib.redirect_stdout(out):
+            kernel = triton.compile(src, target=target, options=options)
+    return kernel, out.getvalue()
 
 
 def calls(quick):

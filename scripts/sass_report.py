@@ -1,0 +1,400 @@
+"""What the kernel's sm_90 machine code costs, read without a GPU.
+
+Compiles each specialisation a real call uses (``compile_check.compile_call``: Triton's own
+binder, so 16-byte alignment and divisibility are what a launch gets; the launch's own
+``num_warps`` and block sizes) for sm_90, and reads:
+
+- from ``ptxas -v`` (Triton's flags): registers, stack frame, spill stores and loads;
+- from the SASS (``nvdisasm`` shipped with Triton, with line info): every loop (a backward
+  branch) whose instructions come from a streaming loop of the kernel, marked in the
+  source by ``# stream: <name>`` on its ``for`` line.  Per loop: the body's
+  warp-instructions, instructions per element (``body x num_warps x 32 / elements per
+  iteration``), and in the body the global loads, local-memory traffic (LDL/STL), atomics,
+  barriers, MUFU and float64 instructions.  Instructions whose source lies inside an
+  ``if`` marked ``# rare: <why>`` (a branch a typical row does not take there) are counted
+  apart, as the ``rare`` column;
+- a roofline estimate per call (``estimate``), next to the one-read HBM floor.
+
+    python scripts/sass_report.py                 # every specialisation, markdown tables
+    python scripts/sass_report.py --check         # exit 1 on spills, > 128 registers or a
+                                                  # streaming loop over its budget
+    python scripts/sass_report.py --only plain    # specialisations whose name contains it
+"""
+import argparse
+import ast
+import concurrent.futures
+import dataclasses
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(__file__))
+import compile_check  # noqa: E402  (sets up the compiled, not interpreted, kernel)
+
+import torch  # noqa: E402
+
+from fused_sampler import _args  # noqa: E402
+from fused_sampler.kernels import sampler  # noqa: E402
+
+V_REPORT = 128256
+MAX_REGISTERS = 128          # two 8-warp programs per SM
+BUDGET_STREAM = 28           # instructions per fp32 element: memory-bound on an H200
+BUDGET_PLAIN = 24            # the plain sampling loop, fp32 and bf16 alike
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """One specialisation: a call's parameters, dtype and mode, and the streaming loops a
+    typical row of it runs, in order (what the estimate charges)."""
+    name: str
+    params: dict
+    dtype: torch.dtype = torch.float32
+    probs: bool = False
+    logprobs: bool = False
+    typical: tuple = ("first",)
+
+
+_T07 = dict(temperature=0.7)
+SPECS = (
+    Spec("plain fp32", {}),
+    Spec("plain bf16", {}, torch.bfloat16),
+    Spec("plain+logprobs fp32", {}, logprobs=True),
+    Spec("greedy mix fp32", dict(temperature="mix")),
+    Spec("min_p fp32", dict(min_p=0.05), typical=("first", "second")),
+    Spec("top_k fp32", dict(top_k=50), typical=("first", "second")),
+    Spec("top_p fp32", dict(top_p=0.95), typical=("first", "second", "second")),
+    Spec("top_k_top_p fp32", dict(_T07, top_k=50, top_p=0.9), typical=("first", "second")),
+    Spec("top_k_top_p bf16", dict(_T07, top_k=50, top_p=0.9), torch.bfloat16,
+         typical=("first", "second")),
+    Spec("top_k_top_p joint fp32", dict(_T07, top_k=50, top_p=0.9, order="joint"),
+         typical=("first", "second")),
+    Spec("all filters+logprobs fp32", dict(_T07, top_k=50, top_p=0.9, min_p=0.02),
+         logprobs=True, typical=("first", "second")),
+    Spec("filtered_probs fp32", dict(_T07, top_k=50, top_p=0.9), probs=True,
+         typical=("first", "second", "write")),
+)
+
+
+def call_for(spec: Spec, B: int = 64):
+    """The checked call of a specialisation (values do not matter: the code does)."""
+    x = torch.zeros(B, V_REPORT, dtype=spec.dtype)
+    p = dict(spec.params)
+    t = p.pop("temperature", 1.0)
+    if t == "mix":
+        t = torch.tensor([0.0, 1.0] * (B // 2))
+    return _args.check(x, t, p.get("top_k"), p.get("top_p"), p.get("min_p"),
+                       p.get("order", "top_k_first"), seed=torch.arange(B), offset=0,
+                       validate=False)
+
+
+# ----------------------------------------------------------------------------- SASS
+
+_LINE = re.compile(r'//## File "([^"]+)", line (\d+)(?: inlined at "([^"]+)", line (\d+))?')
+_INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
+_LABEL = re.compile(r"^(\.L_x_\d+):")
+_TARGET = re.compile(r"`\((\.L_x_\d+)\)")
+
+
+@dataclasses.dataclass
+class Instr:
+    addr: int
+    text: str
+    lines: frozenset      # kernel-file source lines of every inlining frame
+
+    @property
+    def op(self):
+        t = re.sub(r"^@!?U?P\w+\s+", "", self.text)
+        return t.split()[0] if t else ""
+
+
+def disassemble(cubin: bytes):
+    """[Instr] and {label: address} of a cubin, with each instruction's source lines."""
+    tool = os.path.join(os.path.dirname(compile_check.triton.__file__), "backends", "nvidia",
+                        "bin", "nvdisasm")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([tool, "-c", "-gi", f.name], capture_output=True, text=True,
+                              check=True).stdout
+    kernel_file = os.path.realpath(sampler.__file__)
+    instrs, labels, chain, chain_done = [], {}, set(), True
+    for raw in text.splitlines():
+        m = _LINE.search(raw)
+        if m:
+            if chain_done:
+                chain, chain_done = set(), False
+            for file, line in ((m.group(1), m.group(2)), (m.group(3), m.group(4))):
+                if file and os.path.realpath(file) == kernel_file:
+                    chain.add(int(line))
+            continue
+        m = _LABEL.match(raw.strip())
+        if m:
+            labels[m.group(1)] = None
+            continue
+        m = _INSTR.search(raw)
+        if m:
+            chain_done = True
+            ins = Instr(int(m.group(1), 16), m.group(2), frozenset(chain))
+            for lab, addr in labels.items():
+                if addr is None:
+                    labels[lab] = ins.addr
+            instrs.append(ins)
+    return instrs, labels
+
+
+def _marked_spans(marker):
+    """{name: (first, last) line} of the statements whose first line carries ``# marker:``
+    (for a ``for`` or an ``if``: its body's lines)."""
+    path = sampler.__file__
+    src = open(path).read()
+    lines = src.splitlines()
+    spans = {}
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, (ast.For, ast.If, ast.While)):
+            m = re.search(rf"#\s*{marker}:\s*(.*)$", lines[node.lineno - 1])
+            if m:
+                name = m.group(1).strip() or f"line {node.lineno}"
+                spans[f"{name} (line {node.lineno})" if marker == "rare" else name] = \
+                    (node.lineno, node.end_lineno)
+    return spans
+
+
+def loops(instrs, labels):
+    """[(start, end)] address ranges of the loops: a backward branch and its target."""
+    found = {}
+    for ins in instrs:
+        if ins.op in ("BRA", "JMP"):
+            m = _TARGET.search(ins.text)
+            if m and labels.get(m.group(1)) is not None and labels[m.group(1)] <= ins.addr:
+                start = labels[m.group(1)]
+                found[start] = max(found.get(start, 0), ins.addr)
+    return sorted(found.items())
+
+
+def _kind(op):
+    if op.startswith("LDG"):
+        return "ldg"
+    if op.startswith(("LDL", "STL")):
+        return "local"
+    if op.startswith(("ATOM", "RED")):
+        return "atomic"
+    if op.startswith(("BAR", "WARPSYNC")):
+        return "barrier"
+    if op.startswith("MUFU"):
+        return "mufu"
+    if op.startswith(("DADD", "DMUL", "DFMA", "DSETP", "DMNMX")) or ".F64" in op:
+        return "fp64"
+    return None
+
+
+@dataclasses.dataclass
+class Loop:
+    stream: str
+    start: int
+    end: int
+    body: int            # warp-instructions, rare bodies excluded
+    rare: int            # warp-instructions inside `# rare:` ifs
+    counts: dict
+    per_element: float = 0.0
+
+
+def stream_loops(instrs, labels, elements, warps):
+    """The SASS loops of the marked streaming loops, with their costs."""
+    streams = _marked_spans("stream")
+    rare = _marked_spans("rare")
+    out = []
+    for start, end in loops(instrs, labels):
+        body = [i for i in instrs if start <= i.addr <= end]
+        owners = {}
+        for i in body:
+            for name, (a, b) in streams.items():
+                if any(a <= ln <= b for ln in i.lines):
+                    owners[name] = owners.get(name, 0) + 1
+        if not owners:
+            continue
+        name, n = max(owners.items(), key=lambda kv: kv[1])
+        if n < len(body) / 2:
+            continue                  # an enclosing loop (the row loop), not a stream
+        is_rare = [any(a <= ln <= b for a, b in rare.values() for ln in i.lines) for i in body]
+        counts = {}
+        for i, r in zip(body, is_rare):
+            k = _kind(i.op)
+            if k and not r:
+                counts[k] = counts.get(k, 0) + 1
+        common = sum(1 for r in is_rare if not r)
+        out.append(Loop(name, start, end, common, len(body) - common, counts,
+                        common * warps * 32 / elements))
+    return out
+
+
+# ----------------------------------------------------------------------------- ptxas
+
+def ptxas_numbers(log):
+    regs = re.search(r"Used (\d+) registers", log)
+    stack = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads",
+                      log)
+    return dict(registers=int(regs.group(1)) if regs else None,
+                stack=int(stack.group(1)) if stack else 0,
+                spill_stores=int(stack.group(2)) if stack else 0,
+                spill_loads=int(stack.group(3)) if stack else 0)
+
+
+# ----------------------------------------------------------------------------- model
+
+@dataclasses.dataclass(frozen=True)
+class Gpu:
+    name: str
+    sms: int
+    clock_hz: float
+    hbm_bytes_s: float
+    latency_s: float = 0.7e-6     # one round trip to HBM, assumed (no GPU measured yet)
+
+    @property
+    def issue_per_sm(self):       # lane-instructions per second: 4 schedulers x 32 lanes
+        return 4 * 32 * self.clock_hz
+
+
+H100 = Gpu("H100 SXM", 132, 1.755e9, 3.0e12)
+H200 = Gpu("H200", 132, 1.755e9, 4.3e12)
+
+
+def estimate(gpu, B, V, itemsize, passes, registers, warps, block, launch_programs):
+    """Seconds for one call, a roofline of three bounds (the largest wins):
+
+    - HBM: every pass reads the row once, ``B * passes * V * itemsize`` bytes;
+    - issue: the busiest SM's rows, ``ceil(B / SMs) * sum(instructions per element) * V``
+      lane-instructions at 4 x 32 per clock;
+    - chain: a program runs its rows one after another, and each tile iteration waits one
+      memory round trip (the loop's loads are issued at its top, and Triton does not
+      pipeline them) plus its own issue time, shared with the programs resident beside it.
+
+    ``passes`` is [instructions per element] of the passes a typical row makes.
+    """
+    occupancy = max(1, min(65536 // (max(registers, 1) * 32 * warps), 64 // warps))
+    hbm = B * len(passes) * V * itemsize / gpu.hbm_bytes_s
+    issue = math.ceil(B / gpu.sms) * sum(passes) * V / gpu.issue_per_sm
+    programs = min(B, launch_programs)
+    rows_per_program = math.ceil(B / programs)
+    programs_per_sm = math.ceil(programs / gpu.sms)
+    resident = min(programs_per_sm, occupancy)
+    waves = math.ceil(programs_per_sm / resident)
+    iters = math.ceil(V / block)
+    tile = sum(gpu.latency_s + block * ipe / (gpu.issue_per_sm / resident) for ipe in passes)
+    chain = waves * rows_per_program * iters * tile
+    return max(hbm, issue, chain), dict(hbm=hbm, issue=issue, chain=chain)
+
+
+# ----------------------------------------------------------------------------- report
+
+def analyse(spec: Spec, arch=90):
+    a = call_for(spec)
+    kernel, log = compile_check.compile_call(a, spec.probs, arch, ptxas_log=True,
+                                             return_logprobs=spec.logprobs)
+    _, _, kwargs, _ = sampler.kernel_args(a, spec.probs, return_logprobs=spec.logprobs)
+    warps, block = kwargs["num_warps"], kwargs["BLOCK"]
+    instrs, labels = disassemble(kernel.asm["cubin"])
+    found = stream_loops(instrs, labels, block, warps)
+    return dict(spec=spec.name, dtype=str(spec.dtype).replace("torch.", ""), warps=warps,
+                block=block, shared=kernel.metadata.shared, instructions=len(instrs),
+                **ptxas_numbers(log), loops=[dataclasses.asdict(l) for l in found],
+                typical=list(spec.typical), itemsize=spec.dtype.itemsize)
+
+
+def budget_of(result, loop):
+    plain = result["spec"].startswith("plain") and "logprobs" not in result["spec"]
+    if plain and loop["stream"] == "first":
+        return BUDGET_PLAIN
+    return BUDGET_STREAM if result["dtype"] == "float32" else None
+
+
+def problems(result):
+    out = []
+    if result["registers"] is None or result["registers"] > MAX_REGISTERS:
+        out.append(f"{result['registers']} registers (limit {MAX_REGISTERS})")
+    if result["spill_stores"] or result["spill_loads"] or result["stack"]:
+        out.append(f"spills: {result['spill_stores']} B stored, {result['spill_loads']} B "
+                   f"loaded, {result['stack']} B stack")
+    for loop in result["loops"]:
+        budget = budget_of(result, loop)
+        if budget is not None and loop["per_element"] > budget:
+            out.append(f"loop '{loop['stream']}' at {loop['per_element']:.1f} instructions "
+                       f"per element (budget {budget})")
+    return out
+
+
+def per_pass(result):
+    """{stream name: instructions per element} (the costliest SASS copy of each)."""
+    best = {}
+    for loop in result["loops"]:
+        best[loop["stream"]] = max(best.get(loop["stream"], 0), loop["per_element"])
+    return best
+
+
+def print_tables(results):
+    print("| specialisation | regs | spill st/ld B | stack B | smem B | loop | body | "
+          "instr/elem | rare | LDG | LDL/STL | atom | bar | MUFU | fp64 |")
+    print("|" + " --- |" * 16)
+    for r in results:
+        head = (f"| {r['spec']} | {r['registers']} | {r['spill_stores']}/{r['spill_loads']} | "
+                f"{r['stack']} | {r['shared']} |")
+        if not r["loops"]:
+            print(head + " (no streaming loop found) |" + " |" * 10)
+        for i, l in enumerate(r["loops"]):
+            c = l["counts"]
+            lead = head if i == 0 else "| | | | | |"
+            print(f"{lead} {l['stream']} | {l['body']} | {l['per_element']:.1f} | {l['rare']} | "
+                  f"{c.get('ldg', 0)} | {c.get('local', 0)} | {c.get('atomic', 0)} | "
+                  f"{c.get('barrier', 0)} | {c.get('mufu', 0)} | {c.get('fp64', 0)} |")
+    print()
+    for gpu in (H100, H200):
+        print(f"Estimated call time on an {gpu.name} (V = {V_REPORT}; HBM "
+              f"{gpu.hbm_bytes_s / 1e12:.1f} TB/s, {gpu.sms} SMs at {gpu.clock_hz / 1e9:.2f} GHz, "
+              f"{gpu.latency_s * 1e6:.1f} us per memory round trip), microseconds, with the "
+              f"one-read HBM floor and the bound that sets it:\n")
+        print("| specialisation | reads | " + " | ".join(
+            f"B={B} est. | B={B} floor" for B in (1, 64, 1024)) + " |")
+        print("|" + " --- |" * 8)
+        for r in results:
+            ipe = per_pass(r)
+            if not all(p in ipe for p in r["typical"]):
+                continue
+            passes = [ipe[p] for p in r["typical"]]
+            cells = []
+            for B in (1, 64, 1024):
+                t, parts = estimate(gpu, B, V_REPORT, r["itemsize"], passes, r["registers"],
+                                    r["warps"], r["block"], 4 * gpu.sms)
+                floor = B * V_REPORT * r["itemsize"] / gpu.hbm_bytes_s
+                bound = max(parts, key=parts.get)
+                cells.append(f"{t * 1e6:.0f} ({bound}) | {floor * 1e6:.1f}")
+            print(f"| {r['spec']} | {len(passes)} | " + " | ".join(cells) + " |")
+        print()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", type=int, default=90)
+    ap.add_argument("--only", default="", help="specialisations whose name contains this")
+    ap.add_argument("--check", action="store_true", help="exit 1 on any problem")
+    ap.add_argument("--json", help="write the raw results here")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    args = ap.parse_args(argv)
+    specs = [s for s in SPECS if args.only in s.name]
+    print(f"triton {compile_check.triton.__version__}, sm_{args.arch}, V = {V_REPORT}\n")
+    with concurrent.futures.ProcessPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(analyse, specs, [args.arch] * len(specs)))
+    print_tables(results)
+    bad = {r["spec"]: problems(r) for r in results if problems(r)}
+    for name, what in bad.items():
+        print(f"PROBLEM {name}: " + "; ".join(what))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 1 if args.check and bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
