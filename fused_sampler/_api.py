@@ -36,11 +36,12 @@ def _triton():
     return sampler
 
 
-def _draw(a: _args.Call):
-    """(tokens, logprobs) of a checked call from the backend it resolves to."""
+def _draw(a: _args.Call, return_logprobs: bool = True):
+    """(tokens, logprobs) of a checked call from the backend it resolves to (the kernel
+    skips the log-probs' normaliser when they are not asked for: logprobs None)."""
     if resolve_backend(a.backend, a.logits.device) == "reference":
         return reference.draw(a)
-    return _triton().sample(a)
+    return _triton().sample(a, return_logprobs)
 
 
 def _probs(a: _args.Call):
@@ -155,7 +156,7 @@ def sample(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None,
     if compiling:
         tokens, logprobs = _sample_op(a.logits, *a.as_rows(), a.order, a.backend, validate)
     else:
-        tokens, logprobs = _draw(a)
+        tokens, logprobs = _draw(a, return_logprobs)
     return a.finish(tokens, logprobs, return_logprobs)
 
 

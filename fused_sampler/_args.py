@@ -137,7 +137,8 @@ class Call:
 
     def finish(self, tokens, logprobs, return_logprobs: bool):
         if self.squeeze:
-            tokens, logprobs = tokens[0], logprobs[0]
+            tokens = tokens[0]
+            logprobs = None if logprobs is None else logprobs[0]
         return (tokens, logprobs) if return_logprobs else tokens
 
 

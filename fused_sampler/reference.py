@@ -5,7 +5,7 @@ the batch, on any device.  The kernel computes the same float32 quantities with 
 operations, so kept sets compare exactly; masses are summed in float64 here and in exact
 fixed point in the kernel, so they agree far inside the contract's 1e-6 top-p band.
 
-The draw is the same Gumbel race the kernel runs, on the same Philox-4x32-10 stream keyed
+The draw is the same Gumbel race the kernel runs, on the same Philox-4x32-10 streams keyed
 on (seed, offset, token index): for the same seed and offset, the reference and the kernel
 draw the same token (barring float64 near-ties in the race keys, about 1e-16 apart).
 """
@@ -15,8 +15,8 @@ import torch
 
 from . import _args
 
-__all__ = ["sample", "filtered_probs", "probs", "draw", "philox4x32", "gumbel_noise", "keep_mask",
-           "strictly_above"]
+__all__ = ["sample", "filtered_probs", "probs", "draw", "philox4x32", "noise_words",
+           "gumbel_from_words", "gumbel_noise", "keep_mask", "strictly_above"]
 
 _M32 = 0xFFFFFFFF
 _PHILOX_ROUND_A = 0xD2511F53
@@ -60,28 +60,48 @@ def _log1p_neg(v: torch.Tensor) -> torch.Tensor:
     return torch.where(w == 1.0, -v, torch.log(w) * (-v) / (w - 1.0))
 
 
-def gumbel_noise(seed: torch.Tensor, offset: torch.Tensor, vocab: int) -> torch.Tensor:
-    """Standard Gumbel noise G[b, i] for token i of row b, float32, from a 53-bit uniform.
+def noise_words(seed: torch.Tensor, offset: torch.Tensor, vocab: int, stream: int):
+    """The Philox word of every token of every row, from one of two streams.
 
-    U = 1 - (n + 1/2) / 2^53 with n the top 53 bits of Philox words 0 and 1 of counter
-    (i, 0, offset_lo, offset_hi) under key ``seed``; never 0 or 1.  E = -log U is computed
-    from whichever of U or 1 - U is small, so both tails keep float32 relative precision
-    (E from 2^-54 to 37.4); G = -log E lies in [-3.62, 37.4]: no 2^-24 floor, no infinity.
+    Token ``i`` takes word ``i % 4`` of the Philox-4x32-10 call with counter
+    ``(i // 4, stream, offset_lo, offset_hi)`` under key ``seed``: one call serves four
+    neighbouring tokens.  Stream 0 gives a token's main word, stream 1 its extension word.
+    Returns int64 [B, vocab] in [0, 2^32).
     """
     dev = seed.device
-    idx = torch.arange(vocab, device=dev, dtype=torch.int64)[None, :]
-    seed = seed.to(torch.int64)[:, None]
+    calls = (vocab + 3) // 4
+    q = torch.arange(calls, device=dev, dtype=torch.int64)[None, :]
     offset = offset.to(torch.int64)[:, None]
-    zeros = torch.zeros_like(idx)
-    r0, r1, _, _ = philox4x32(seed, idx & _M32, zeros + (idx >> 32), (offset & _M32) + zeros,
-                              ((offset >> 32) & _M32) + zeros)
-    n = (r0 << 21) | (r1 >> 11)                                    # 53 random bits
+    zeros = torch.zeros_like(q)
+    words = philox4x32(seed.to(torch.int64)[:, None], q + zeros, zeros + stream,
+                       (offset & _M32) + zeros, ((offset >> 32) & _M32) + zeros)
+    return torch.stack(words, dim=2).reshape(seed.shape[0], 4 * calls)[:, :vocab]
+
+
+def gumbel_from_words(w: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel noise, float32, from a token's main word ``w`` and extension word
+    ``e`` (int64 in [0, 2^32)).
+
+    The uniform has 53 bits, ``n = w * 2^21 + (e >> 11)``: ``U = 1 - (n + 1/2) / 2^53``,
+    never 0 or 1.  Its top 32 bits are the main word alone, so ``w`` bounds the noise
+    (the kernel's race needs only ``w`` for most tokens).  E = -log U is computed from
+    whichever of U or 1 - U is small, so both tails keep float32 relative precision (E from
+    2^-54 to 37.4); G = -log E lies in [-3.62, 37.4]: no 2^-24 floor, no infinity.
+    """
+    n = (w << 21) | (e >> 11)                                      # 53 random bits
     half = 1 << 52
     v = ((n.double() + 0.5) * 2.0 ** -53).float()                  # 1 - U, used when small
-    w = (((1 << 53) - n).double() - 0.5).mul(2.0 ** -53).float()   # U, used when small
+    u = (((1 << 53) - n).double() - 0.5).mul(2.0 ** -53).float()   # U, used when small
     e = torch.where(n < half, -_log1p_neg(torch.where(n < half, v, 0.25)),
-                    -torch.log(torch.where(n < half, 0.5, w)))
+                    -torch.log(torch.where(n < half, 0.5, u)))
     return -torch.log(e)
+
+
+def gumbel_noise(seed: torch.Tensor, offset: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Standard Gumbel noise G[b, i] for token i of row b under (seed, offset), float32:
+    :func:`gumbel_from_words` of the token's two words (:func:`noise_words`)."""
+    return gumbel_from_words(noise_words(seed, offset, vocab, 0),
+                             noise_words(seed, offset, vocab, 1))
 
 
 def _sanitize(logits: torch.Tensor):

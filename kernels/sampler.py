@@ -1,26 +1,38 @@
 """The fused sampler: one Triton kernel from logits to token ids.
 
 A fixed grid of programs (a few per SM) walks the rows, one row at a time per program,
-each program with its own small scratch: memory is per program, not per row.  Every pass
-streams the row in BLOCK-wide tiles; the passes are:
+each program with its own small scratch: memory is per program, not per row.  A row
+takes one of three paths, each a few streaming passes over the row in BLOCK-wide tiles:
 
-  pass 1   max, greedy argmax, online normaliser, and either the Gumbel race (no filter:
-           done in one read) or a count histogram of the logits' order keys (top-k/top-p).
-  search   the histogram brackets the top-k threshold exactly (counts) and the top-p
-           threshold (mass bounds).  If the uncertain tokens fit the program's scratch
-           buffer (CAP), one *gather* pass copies them there and races every surely-kept
-           token on the way; an exact search in scratch finishes.  Otherwise a *refine*
-           pass histograms only the uncertain key range, 2^BIN_BITS times finer.
-  race     when both thresholds are exact (min-p alone, or a refine that settled them),
-           one pass races the kept tokens.
-  write    filtered_probs mode only: write the [V] distribution.
+  greedy   (T = 0)  one pass: the first index of the max.
+  plain    (no filter)  one pass: the *race*.  Each token's Gumbel key is bounded from
+           above by a cheap float32 expression of one Philox word (one Philox call serves
+           four tokens; MUFU logs); each lane keeps its largest bound.  Afterwards the
+           exact keys of the few lanes with the largest bounds are computed, and the
+           winner is proved: every other lane's bound, plus a margin that covers every
+           rounding and approximation error, lies below the winner's exact key.  When
+           that proof fails (about never), an exact pass decides.
+  filtered (top-k / top-p / min-p)
+           first    max, normaliser, count histogram of the logits' order keys.
+           search   the counts pin the top-k threshold to a bin; count and mass bounds
+                    bracket the top-p one; min-p is an exact key threshold (bisection).
+           refine   when a bracket holds more tokens than the scratch: finer histograms
+                    and exact bin masses of the bracket (the next search narrows it).
+           collect  one pass marks every token that may be kept or whose mass matters
+                    (a bit per lane per tile, no scan), with the exact normaliser when
+                    top-p needs it; the marked tokens go to the scratch, where the
+                    thresholds are settled exactly (finer histograms of the scratch) and
+                    the kept tokens are raced.  Rows with more candidates than the
+                    scratch holds collect only the brackets and race in one more pass.
+  write    filtered_probs mode: write the [V] distribution.
 
-Bytes: the floor is one read of the logits (V * itemsize per row).  No filter: 1 read.
-Min-p alone: 2.  Top-k and/or top-p: 2 when the bracket fits in scratch (the usual case,
-measured in docs/design.md), plus one per refine.  See docs/design.md for why it is exact.
+Bytes: the floor is one read of the logits.  Plain and greedy: 1 read.  Filtered: 2 (first,
+collect), plus one per refine; see docs/design.md for the counts measured and why each path
+is exact, and scripts/sass_report.py for the instructions each streaming loop costs.
 
-All masses are exact fixed-point sums (int64, 2^-40 units) of float32 exp((x - max) / T),
-so they do not depend on the tile order, the block size or the number of warps.
+All masses are exact fixed-point sums (int64, units of 2^-40 of the max token's weight) of
+float32 exp((x - max) / T), so they do not depend on the tile order, the block size or the
+number of warps.
 """
 import functools
 import os
@@ -30,15 +42,46 @@ import torch
 import triton
 import triton.language as tl
 
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+if not INTERPRETED:
+    from triton.language.extra.cuda import libdevice
+
 # Module constants the kernel reads are tl.constexpr: a compiled @jit function may read
 # no other globals (the interpreter does not check this).
-FIX_BITS = tl.constexpr(40)      # fixed-point mass unit: 2^-40 of the row max's weight
-FIX = tl.constexpr(float(2 ** 40))
+IN_INTERPRETER = tl.constexpr(INTERPRETED)
+FIX = tl.constexpr(float(2 ** 40))      # fixed-point mass unit: 2^-40 of the max's weight
 # Relative and absolute slack on mass bounds taken from bin edges: covers float32 exp's
-# few-ulp error and the fixed-point rounding, so a bracket never misses the threshold.
+# few-ulp error and the fixed-point truncation, so a bracket never misses the threshold.
 BOUND_SLACK = tl.constexpr(1e-5)
 NEG_INF = tl.constexpr(float("-inf"))
 POS_INF = tl.constexpr(float("inf"))
+FLT_MAX = tl.constexpr(3.4028234663852886e38)
+LOG2E = tl.constexpr(1.4426950408889634)
+KEY_NEG_INF = tl.constexpr(0x007FFFFF)   # _key(-inf): no sanitised logit has a smaller key
+KEY_TOP = tl.constexpr(0xFFFFFFFF)       # above every key: "no token" as a lower bound
+KEY_NONE = tl.constexpr(1 << 33)         # above every key, in the int64 search
+NO_TOKEN = tl.constexpr(2 ** 31 - 1)     # "no index" in a min-reduction
+RACE_LANES = tl.constexpr(4)             # lanes whose tokens get exact keys in a race
+
+# Philox-4x32-10 (Salmon et al. 2011), the stream of triton.language.philox.
+PHILOX_ROUND_A = tl.constexpr(0xD2511F53)
+PHILOX_ROUND_B = tl.constexpr(0xCD9E8D57)
+PHILOX_KEY_A = tl.constexpr(0x9E3779B9)
+PHILOX_KEY_B = tl.constexpr(0xBB67AE85)
+# a * ROUND as one mul.wide.u32 (LLVM splits umulhi and mul into two multiplies)
+MUL_WIDE_A = tl.constexpr("{ .reg .b64 t; mul.wide.u32 t, $2, 0xD2511F53; mov.b64 {$0, $1}, t; }")
+MUL_WIDE_B = tl.constexpr("{ .reg .b64 t; mul.wide.u32 t, $2, 0xCD9E8D57; mov.b64 {$0, $1}, t; }")
+
+# The race's cheap bound (see _cheap_key), in units of 2^-32 for E = -log U.
+LN2 = tl.constexpr(0.6931471805599453)
+LN2_LO_2_32 = tl.constexpr(0.6931471805599453 * (1 - 2.0 ** -21) * 2.0 ** 32)
+EPS_E_2_32 = tl.constexpr(2.0 ** -21 * 2.0 ** 32)
+BIAS_2_32 = tl.constexpr(32 * 0.6931471805599453)       # -log(2^-32)
+# A lane's bound c covers every exact key of the lane up to
+# MARGIN_REL * (|c| + |anchor / T| + MARGIN_ABS): docs/design.md, "The race".
+MARGIN_REL = tl.constexpr(2.0 ** -20)
+MARGIN_ABS = tl.constexpr(64.0)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -48,48 +91,49 @@ def _device(fn):
     plain Python function running the same body, because the interpreter re-patches
     triton.language on every call of a jit'd device function (about 1.5 ms), which made
     the interpreted kernel (CI's tests) some 20 times slower."""
-    return fn if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") else triton.jit(fn)
+    return fn if INTERPRETED else triton.jit(fn)
 
 
 @_device
-def _load_x(row_ptr, offs, msk, mode):
-    """float32 logits with the contract's special values resolved (see reference._sanitize).
-
-    mode 0: as given (NaN -> -inf, -0 -> +0); mode 1: the row holds +inf, which become 0
-    and everything else -inf; mode 2: the row has no logit above -inf, all become 0.
-    Lanes past V are -inf in every mode.
-    """
-    raw = tl.load(row_ptr + offs, mask=msk, other=NEG_INF).to(tl.float32)
-    x = tl.where(raw != raw, NEG_INF, raw)
-    x = tl.where(x == 0.0, 0.0, x)
-    x = tl.where(mode == 1, tl.where(x == POS_INF, 0.0, NEG_INF), x)
-    x = tl.where(mode == 2, tl.where(msk, 0.0, NEG_INF), x)
-    return x
+def _here(ptr):
+    """``ptr`` itself, opaque to the compiler: a vector of addresses built from it where it
+    is used cannot be hoisted to the kernel's entry (LLVM's loop-invariant code motion
+    ignores register pressure; a hoisted [NB] vector of 64-bit addresses holds 8
+    registers per thread for the whole kernel).  A no-op in the interpreter."""
+    if IN_INTERPRETER:
+        return ptr
+    else:
+        return tl.inline_asm_elementwise("mov.b64 $0, $1;", "=l,l", [ptr], dtype=ptr.dtype,
+                                         is_pure=False, pack=1)
 
 
 @_device
-def _tile(row_ptr, start, lanes, V, mode, m, inv_t):
-    """One tile of the row after pass 1: offsets, mask, logits, their keys, and d."""
-    offs = start + lanes
-    msk = offs < V
-    x = _load_x(row_ptr, offs, msk, mode)
-    return offs, msk, x, _key(x), _scaled(x, m, inv_t)
+def _sanitize(raw):
+    """float32 logits with NaN -> -inf and -0 -> +0 (equal values, equal order keys)."""
+    return tl.maximum(raw.to(tl.float32), NEG_INF) + 0.0
 
 
 @_device
 def _key(x):
-    """Order-preserving uint32 key of a float32 (no NaN), widened to int64."""
+    """Order-preserving uint32 key of a sanitised float32: flip the sign bit of positives,
+    every bit of negatives."""
     b = x.to(tl.uint32, bitcast=True)
-    k = tl.where((b >> 31) != 0, ~b, b | 0x80000000)
-    return k.to(tl.int64)
+    return b ^ ((x.to(tl.int32, bitcast=True) >> 31).to(tl.uint32, bitcast=True) | 0x80000000)
 
 
 @_device
 def _unkey(k):
-    """Inverse of _key: int64 key in [0, 2^32) back to its float32."""
+    """Inverse of _key, for an int64 or uint32 key in [0, 2^32)."""
     u = k.to(tl.uint32)
     b = tl.where((u >> 31) != 0, u & 0x7FFFFFFF, ~u)
     return b.to(tl.float32, bitcast=True)
+
+
+@_device
+def _u32(key64):
+    """An int64 key bound, clamped into uint32 for the streaming loops' comparisons."""
+    k = tl.cast(key64, tl.int64)
+    return tl.minimum(tl.maximum(k, 0), KEY_TOP).to(tl.uint32)
 
 
 @_device
@@ -99,77 +143,144 @@ def _scaled(x, m, inv_t):
 
 
 @_device
-def _fixed(d):
-    """exp(d) (d <= 0) in exact fixed point, int64 units of 2^-40."""
-    return (tl.exp(d).to(tl.float64) * FIX + 0.5).to(tl.int64)
+def _exp2_fast(x):
+    """2^x by the special-function unit, subnormal results flushed to zero (MUFU.EX2,
+    ex2.approx.ftz: 2 ulp; tl.exp2 adds a range fix-up of three instructions per
+    element); numpy's exp2 in the interpreter."""
+    if IN_INTERPRETER:
+        return tl.exp2(x)
+    else:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+
+
+@_device
+def _term(x, m, inv_t):
+    """Each token's exact mass: float32 2^((x - m) log2(e) / T) in fixed point, int64 units
+    of 2^-40, truncated.  A function of the token alone, so sums of it are exact and
+    order-free; it is exp((x - m) / T) within a few ulp, inside the contract's top-p band
+    (weights below 2^-126 flush to zero, far below the fixed point's unit)."""
+    c2 = tl.maximum(inv_t * LOG2E, 1e-30)         # T = inf: (x - m) * 0 is NaN for -inf
+    return (_exp2_fast((x - m) * c2) * FIX).to(tl.int64)
+
+
+@_device
+def _log2_fast(x):
+    """log2 by the special-function unit (MUFU.LG2, lg2.approx: 2^-22 absolute error on
+    (0.5, 2), 2 ulp elsewhere); numpy's log2 in the interpreter."""
+    if IN_INTERPRETER:
+        return tl.log2(x)
+    else:
+        return libdevice.fast_log2f(x)
+
+
+@_device
+def _mul_hi_lo(a, B: tl.constexpr, MUL_WIDE: tl.constexpr):
+    """(high, low) 32-bit halves of the uint32 product a * B."""
+    if IN_INTERPRETER:
+        return tl.umulhi(a, tl.full([], B, tl.uint32)), a * tl.full([], B, tl.uint32)
+    else:
+        lo, hi = tl.inline_asm_elementwise(MUL_WIDE, "=r,=r,r", [a],
+                                           dtype=(tl.uint32, tl.uint32), is_pure=True, pack=1)
+        return hi, lo
 
 
 @_device
 def _philox(seed, c0, c1, c2, c3):
-    """Philox-4x32-10 (Salmon et al. 2011) of counter (c0..c3) under the int64 key
-    ``seed``, the same stream as triton.language.philox and reference.philox4x32."""
+    """Philox-4x32-10 of counter (c0..c3) under the int64 key ``seed``."""
     k0 = (seed & 0xFFFFFFFF).to(tl.uint32)
     k1 = ((seed >> 32) & 0xFFFFFFFF).to(tl.uint32)
-    round_a = tl.full([], 0xD2511F53, tl.uint32)
-    round_b = tl.full([], 0xCD9E8D57, tl.uint32)
-    key_a = tl.full([], 0x9E3779B9, tl.uint32)
-    key_b = tl.full([], 0xBB67AE85, tl.uint32)
+    key_a = tl.full([], PHILOX_KEY_A, tl.uint32)
+    key_b = tl.full([], PHILOX_KEY_B, tl.uint32)
     for _ in tl.static_range(10):
-        prev_c0 = c0
-        prev_c2 = c2
-        c0 = tl.umulhi(round_b, prev_c2) ^ c1 ^ k0
-        c2 = tl.umulhi(round_a, prev_c0) ^ c3 ^ k1
-        c1 = round_b * prev_c2
-        c3 = round_a * prev_c0
+        hi_b, lo_b = _mul_hi_lo(c2, PHILOX_ROUND_B, MUL_WIDE_B)
+        hi_a, lo_a = _mul_hi_lo(c0, PHILOX_ROUND_A, MUL_WIDE_A)
+        c0 = hi_b ^ c1 ^ k0
+        c2 = hi_a ^ c3 ^ k1
+        c1 = lo_b
+        c3 = lo_a
         k0 = k0 + key_a
         k1 = k1 + key_b
     return c0, c1, c2, c3
 
 
 @_device
-def _gumbel(seed, offset, idx):
-    """Gumbel noise of token ``idx`` (int64) under (seed, offset); see reference.gumbel_noise.
+def _tile_words(seed, off_lo, off_hi, start, stream, BLOCK: tl.constexpr):
+    """The Philox word of each of the BLOCK tokens from ``start`` (a multiple of 4) in
+    ``stream``: token i takes word i % 4 of the call with counter (i // 4, stream, offset)
+    (reference.noise_words).  One call per four tokens."""
+    q = (start // 4 + tl.arange(0, BLOCK // 4)).to(tl.uint32)
+    zero = tl.zeros([BLOCK // 4], tl.uint32)
+    r0, r1, r2, r3 = _philox(seed, q, zero + stream, zero + off_lo, zero + off_hi)
+    return tl.join(tl.join(r0, r2), tl.join(r1, r3)).reshape([BLOCK])
 
-    53 random bits from Philox words 0 and 1 of counter (idx, offset); -log U is computed
-    from whichever of U or 1 - U is small, so both tails keep float32 relative precision
-    and U is never 0 or 1: the noise is finite and has no 2^-24 floor.
-    """
-    c0 = (idx & 0xFFFFFFFF).to(tl.uint32)
-    c1 = (idx >> 32).to(tl.uint32)
-    c2 = c0 * 0 + (offset & 0xFFFFFFFF).to(tl.uint32)
-    c3 = c0 * 0 + ((offset >> 32) & 0xFFFFFFFF).to(tl.uint32)
-    r0, r1, _, _ = _philox(seed, c0, c1, c2, c3)
-    n = (r0.to(tl.uint64) << 21) | (r1.to(tl.uint64) >> 11)
+
+@_device
+def _token_words(seed, off_lo, off_hi, idx, stream):
+    """The Philox word of tokens at arbitrary indices ``idx`` (int32) in ``stream``."""
+    q = (idx >> 2).to(tl.uint32)
+    zero = q * 0
+    r0, r1, r2, r3 = _philox(seed, q, zero + stream, zero + off_lo, zero + off_hi)
+    j = idx & 3
+    return tl.where(j == 0, r0, tl.where(j == 1, r1, tl.where(j == 2, r2, r3)))
+
+
+@_device
+def _gumbel(w, e):
+    """Exact Gumbel noise (float32) from a token's main and extension words: the
+    reference's gumbel_from_words, operation for operation."""
+    n = (w.to(tl.uint64) << 21) | (e.to(tl.uint64) >> 11)
     low = n < (1 << 52)
     v = ((n.to(tl.float64) + 0.5) * (2.0 ** -53)).to(tl.float32)           # 1 - U
-    w = (((1 << 53) - n).to(tl.float64) - 0.5) * (2.0 ** -53)             # U
+    u = (((1 << 53) - n).to(tl.float64) - 0.5) * (2.0 ** -53)             # U
     v = tl.where(low, v, 0.25)
-    w = tl.where(low, 0.5, w.to(tl.float32))
+    u = tl.where(low, 0.5, u.to(tl.float32))
     one_minus_v = 1.0 - v
     log1p_neg_v = tl.where(one_minus_v == 1.0, -v,
                            tl.math.div_rn(tl.log(one_minus_v) * (-v), one_minus_v - 1.0))
-    e = tl.where(low, -log1p_neg_v, -tl.log(w))
-    return -tl.log(e)
+    return -tl.log(tl.where(low, -log1p_neg_v, -tl.log(u)))
 
 
 @_device
-def _race_key(x, m, inv_t64, g):
-    """float64 race key (x - max) * (1/T) + G: argmax over the kept set is a draw from it."""
+def _exact_key(x, anchor, inv_t64, g):
+    """float64 race key (x - anchor) * (1/T) + G, -inf for -inf logits.  Its argmax over a
+    kept set is a draw from that set (Gumbel-max); any anchor gives the same argmax."""
     return tl.where(x == NEG_INF, NEG_INF,
-                    (x.to(tl.float64) - m.to(tl.float64)) * inv_t64 + g.to(tl.float64))
+                    (x.to(tl.float64) - anchor.to(tl.float64)) * inv_t64 + g.to(tl.float64))
 
 
 @_device
-def _bin_edges(span_lo, span_hi, shift, NB: tl.constexpr):
-    """Lowest and highest key of each of the NB bins of width 2^shift from span_lo."""
-    b = tl.arange(0, NB).to(tl.int64)
-    lo = span_lo + (b << shift)
-    hi = tl.minimum(span_lo + ((b + 1) << shift) - 1, span_hi)
-    return lo, hi
+def _cheap_key(x, w, inv_t, bias):
+    """A float32 upper bound, up to the race margin, of each token's race key
+    (x - anchor) / T + G, from the token's main word ``w`` alone.
+
+    G = -log(E), E = -log(U), and w fixes U's top 32 bits, so G <= -log(E_min(w)).  E_min
+    is bounded below twice, in units of 2^-32: by 1 - U itself (E >= 1 - U, tight where U
+    nears 1, the likeliest winners) and by the MUFU log of U's upper end (tight elsewhere;
+    its error is absolute, hence the slack).  ``bias`` is 32 ln 2 - anchor / T.
+    """
+    f = w.to(tl.float32)                                  # (1 - U) * 2^32, rounded
+    u = tl.fma(f, -2.0 ** -32, 1.0 + 2.0 ** -23)          # >= the top of U's interval
+    e_log = tl.fma(_log2_fast(u), -LN2_LO_2_32, -EPS_E_2_32)
+    return tl.fma(_log2_fast(tl.maximum(f, e_log)), -LN2, tl.fma(x, inv_t, bias))
 
 
-KEY_NEG_INF = tl.constexpr(0x007FFFFF)   # _key(-inf): no sanitised logit has a smaller key
-KEY_NONE = tl.constexpr(1 << 33)         # above every key: "no token" as a lower bound
+@_device
+def _margin(c, anchor_scaled):
+    """How far above a lane's cheap bound ``c`` an exact key of the lane may lie."""
+    return MARGIN_REL * (tl.abs(c).to(tl.float64) + anchor_scaled + MARGIN_ABS)
+
+
+@_device
+def _bin_lo(span_lo, shift, b):
+    """Lowest key of bin b (bins of width 2^shift from span_lo)."""
+    return span_lo + (b.to(tl.int64) << shift)
+
+
+@_device
+def _bin_hi(span_lo, span_hi, shift, b):
+    """Highest key of bin b, clamped to the span."""
+    return tl.minimum(span_lo + ((b.to(tl.int64) + 1) << shift) - 1, span_hi)
 
 
 @_device
@@ -179,17 +290,37 @@ def _clamped_x(key, key_max):
 
 
 @_device
-def _edge_bounds(cnt, lo_key, hi_key, key_max, m, inv_t):
+def _edge_bounds(cnt, span_lo, span_hi, shift, key_max, m, inv_t, NB: tl.constexpr):
     """Fixed-point bounds on each bin's total mass from its count and its edges.
 
     Returns (lower, upper, lower bound of one token's mass).  The slack covers float32
-    exp's few-ulp error and the +-1/2 rounding of each fixed-point term.
+    exp's few-ulp error and the truncation of each fixed-point term.
     """
-    w_lo = tl.exp(_scaled(_clamped_x(lo_key, key_max), m, inv_t)).to(tl.float64) * FIX
-    w_hi = tl.exp(_scaled(_clamped_x(hi_key, key_max), m, inv_t)).to(tl.float64) * FIX
-    one_lo = tl.maximum(w_lo * (1.0 - BOUND_SLACK) - 1.0, 0.0)
+    bins = tl.arange(0, NB)
+    w_lo = tl.exp(_scaled(_clamped_x(_bin_lo(span_lo, shift, bins), key_max), m, inv_t))
+    w_hi = tl.exp(_scaled(_clamped_x(_bin_hi(span_lo, span_hi, shift, bins), key_max), m,
+                          inv_t))
+    one_lo = tl.maximum(w_lo.to(tl.float64) * (FIX * (1.0 - BOUND_SLACK)) - 1.0, 0.0)
     c = cnt.to(tl.float64)
-    return c * one_lo, c * (w_hi * (1.0 + BOUND_SLACK) + 1.0), one_lo
+    return c * one_lo, c * (w_hi.to(tl.float64) * (FIX * (1.0 + BOUND_SLACK)) + 1.0), one_lo
+
+
+@_device
+def _sum_bounds(total, V, BLOCK: tl.constexpr):
+    """Fixed-point bounds on an exact mass from its float32 per-lane sum ``total`` (units
+    of the max's weight; exp2 by MUFU, a few ulp per term; each lane summing one term
+    per tile; lanes combined in float64).  The relative slack covers the rounding of the
+    sums and of each term's exponent; the absolute slack, the fixed point's truncation."""
+    rel = (tl.cdiv(V, BLOCK) + 32).to(tl.float64) * (2.0 ** -22) + 2 * BOUND_SLACK
+    return _bounds32(tl.maximum(total * FIX * (1.0 - rel) - V, 0.0),
+                     total * FIX * (1.0 + rel) + V)
+
+
+@_device
+def _bounds32(lo, hi):
+    """float64 bounds as float32 ones, rounded outward (the search keeps its bounds in
+    float32: half the registers)."""
+    return (lo * (1.0 - 2.0 ** -22)).to(tl.float32), (hi * (1.0 + 2.0 ** -22)).to(tl.float32)
 
 
 @_device
@@ -201,7 +332,7 @@ def _pick(bins, b, v):
 @_device
 def _next_shift(lo, hi, BIN_BITS: tl.constexpr):
     """Smallest bin width 2^s that covers keys [lo, hi] with 2^BIN_BITS bins."""
-    s = tl.full([], 0, tl.int64)
+    s = tl.full([], 0, tl.int32)
     while ((hi - lo) >> s) >= (1 << BIN_BITS):
         s += 1
     return s
@@ -215,55 +346,55 @@ def _top_k_window(cnt, span_lo, span_hi, shift, above, k, NB: tl.constexpr):
     above), bk's count and its key range.
     """
     bins = tl.arange(0, NB)
-    lo_key, hi_key = _bin_edges(span_lo, span_hi, shift, NB)
-    incl = above + tl.cumsum(cnt.to(tl.int64), 0, reverse=True)     # keys >= each bin
+    incl = above + tl.cumsum(cnt, 0, reverse=True).to(tl.int64)     # keys >= each bin
     bk = tl.max(tl.where(incl >= k, bins, -1), 0)
     cnt_bk = _pick(bins, bk, cnt).to(tl.int64)
-    return bk, _pick(bins, bk, incl) - cnt_bk, cnt_bk, _pick(bins, bk, lo_key), \
-        _pick(bins, bk, hi_key)
+    return bk, _pick(bins, bk, incl) - cnt_bk, cnt_bk, _bin_lo(span_lo, shift, bk), \
+        _bin_hi(span_lo, span_hi, shift, bk)
 
 
 @_device
-def _top_k_mass_bounds(cnt, span_lo, span_hi, shift, bk, n_min, mass_above, key_max, m,
-                       inv_t, NB: tl.constexpr):
+def _top_k_mass_bounds(cnt, span_lo, span_hi, shift, bk, n_min, above_lo, above_hi, key_max,
+                       m, inv_t, NB: tl.constexpr):
     """Bounds on the mass of the top-k set while its threshold is only known to lie in bin
-    bk: everything above bk, at least n_min of bk's tokens, at most all of them."""
+    bk: everything above the span (between above_lo and above_hi) and above bk, at least
+    n_min of bk's tokens, at most all of them."""
     bins = tl.arange(0, NB)
-    lo_key, hi_key = _bin_edges(span_lo, span_hi, shift, NB)
-    lo_m, hi_m, one_lo = _edge_bounds(cnt, lo_key, hi_key, key_max, m, inv_t)
-    k_lo = mass_above + tl.sum(tl.where(bins > bk, lo_m, 0.0), 0) \
+    lo_m, hi_m, one_lo = _edge_bounds(cnt, span_lo, span_hi, shift, key_max, m, inv_t, NB)
+    k_lo = above_lo + tl.sum(tl.where(bins > bk, lo_m, 0.0), 0) \
         + n_min.to(tl.float64) * _pick(bins, bk, one_lo)
-    k_hi = mass_above + tl.sum(tl.where(bins >= bk, hi_m, 0.0), 0)
+    k_hi = above_hi + tl.sum(tl.where(bins >= bk, hi_m, 0.0), 0)
     return k_lo, k_hi
 
 
 @_device
-def _top_p_window(cnt, lo_m, hi_m, span_lo, span_hi, shift, mass_above, pk_lo, pk_hi,
-                  floor_key, log_mp, key_max, m, inv_t, NB: tl.constexpr):
+def _top_p_window(cnt, lo_m, hi_m, span_lo, span_hi, shift, above_lo, above_hi, cnt_above,
+                  pk_lo, pk_hi, floor_key, NB: tl.constexpr):
     """The bins whose tokens top-p may keep or drop, given bounds on each bin's mass.
 
-    A token's top-p test compares the mass strictly above it with p * K.  A bin is surely
-    kept when even its upper bound (everything above it plus its own mass) is below
-    p * K_lo; surely dropped when the mass above it is at least p * K_hi, or when top-k
-    (keys below floor_key) or min-p drops it whole.  Kept bins are a top prefix, dropped
-    ones a bottom suffix; the bins between form the window.  With single-key bins
-    (shift 0) and exact masses a token's own bin is a tie group, so the test is exact
-    and the window is empty.  Returns (done, threshold key if done, window key range,
-    window count).
+    A token's top-p test compares the mass strictly above it with p * K.  The mass above
+    the span lies in [above_lo, above_hi].  A bin is surely kept when even its upper bound
+    (everything above it plus its own mass) is below p * K_lo; surely dropped when the mass above it is at least p * K_hi, or when top-k or
+    min-p (keys below floor_key) drops it whole.  Kept bins are a top prefix, dropped ones
+    a bottom suffix; the bins between form the window.  With single-key bins (shift 0)
+    and exact masses a token's own bin is a tie group, so the test is exact and the
+    window is empty.  Returns (done, threshold key if done, window key range, window
+    count, count of keys above the window).
     """
     bins = tl.arange(0, NB)
-    lo_key, hi_key = _bin_edges(span_lo, span_hi, shift, NB)
-    ha = mass_above + tl.cumsum(hi_m, 0, reverse=True) - hi_m
-    la = mass_above + tl.cumsum(lo_m, 0, reverse=True) - lo_m
+    ha = above_hi + tl.cumsum(hi_m, 0, reverse=True) - hi_m
     kept = ha + tl.where(shift > 0, hi_m, 0.0) < pk_lo
-    d_hi = _scaled(_clamped_x(hi_key, key_max), m, inv_t)
-    dropped = (la >= pk_hi) | (hi_key < floor_key) | (d_hi < log_mp)
     whi = tl.max(tl.where(kept, -1, bins), 0)
+    la = above_lo + tl.cumsum(lo_m, 0, reverse=True) - lo_m
+    # bins wholly below floor_key: their highest key is below it
+    below_floor = bins.to(tl.int64) < ((floor_key - span_lo) >> shift)
+    dropped = (la >= pk_hi) | below_floor
     wlo = tl.min(tl.where(dropped, NB, bins), 0)
     in_win = (bins >= wlo) & (bins <= whi)
-    return wlo > whi, span_lo + ((whi + 1).to(tl.int64) << shift), \
-        _pick(bins, wlo, lo_key), _pick(bins, whi, hi_key), \
-        tl.sum(tl.where(in_win, cnt, 0), 0).to(tl.int64)
+    n_above = cnt_above + tl.sum(tl.where(bins > whi, cnt, 0), 0).to(tl.int64)
+    return wlo > whi, _bin_lo(span_lo, shift, whi + 1), _bin_lo(span_lo, shift, wlo), \
+        _bin_hi(span_lo, span_hi, shift, whi), \
+        tl.sum(tl.where(in_win, cnt, 0), 0).to(tl.int64), n_above
 
 
 @_device
@@ -278,44 +409,621 @@ def _param(ptr, val, row, IS_TENSOR: tl.constexpr, dtype: tl.constexpr):
         return tl.cast(val, dtype)
 
 
+@_device
+def _min_p_key(m, inv_t, log_mp):
+    """The smallest order key whose logit passes min-p, d = (x - max) * (1/T) >= ln(min_p)
+    in float32 as the reference tests it, by bisection (d is monotone in x)."""
+    lo = tl.full([], KEY_NEG_INF + 1, tl.int64)
+    hi = _key(m).to(tl.int64)                       # d(max) = 0 >= ln(min_p)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        passes = (_unkey(mid) - m) * inv_t >= log_mp
+        hi = tl.where(passes, mid, hi)
+        lo = tl.where(passes, lo, mid + 1)
+    return lo
+
+
+# ----------------------------------------------------------------------------- passes
+# Each streaming pass reads the row in BLOCK-wide tiles: the full tiles unmasked, then
+# one masked tail tile.  Per-lane state runs through the tiles and is reduced once.
+
+@_device
+def _load_tile(row_ptr, start, V, BLOCK: tl.constexpr, MASKED: tl.constexpr):
+    """(offsets, sanitised float32 logits) of the BLOCK tokens from ``start``."""
+    offs = start + tl.arange(0, BLOCK)
+    if MASKED:
+        return offs, _sanitize(tl.load(row_ptr + offs, mask=offs < V, other=NEG_INF))
+    else:
+        return offs, _sanitize(tl.load(row_ptr + offs))
+
+
+@_device
+def _greedy_pass(row_ptr, V, BLOCK: tl.constexpr):
+    """(max, first index of it) of the sanitised row: the greedy token."""
+    m_v = tl.full([BLOCK], NEG_INF, tl.float32)
+    arg_v = tl.zeros([BLOCK], tl.int32)
+    for start in range(0, V, BLOCK):  # stream: greedy
+        offs, x = _load_tile(row_ptr, start, V, BLOCK, True)
+        arg_v = tl.where(x > m_v, offs, arg_v)
+        m_v = tl.maximum(m_v, x)
+    m = tl.max(m_v, 0)
+    return m, tl.min(tl.where(m_v == m, arg_v, NO_TOKEN), 0)
+
+
+@_device
+def _race_step(x, w, inv_t, bias, c2, ub_v, m_v, z_v, LOGPROBS: tl.constexpr,
+               NOISE_TEST: tl.constexpr, BLOCK: tl.constexpr):
+    """One tile of the race: each lane's largest cheap bound; with LOGPROBS, per group of
+    four neighbouring lanes, the running max and the sum of exp((x - that max) / T),
+    rescaled once per group and tile (a per-token online update costs three more
+    instructions a token).  The logits are raw: a NaN gives a NaN bound, which max
+    ignores (-0 and +0 give the same bound); only the normaliser needs NaN as -inf."""
+    c = _cheap_key(x, w, inv_t, bias)
+    if NOISE_TEST == 1:
+        # tests: every bound as loose as the margin allows (the worst MUFU error)
+        c = c - (0.99 * MARGIN_REL * (tl.abs(c) + MARGIN_ABS))
+    if NOISE_TEST == 2:
+        # tests: bounds too high on a third of the lanes, so the proof fails
+        c = tl.where((w % 3) == 0, c + 100.0, c)
+    ub_v = tl.maximum(ub_v, c)
+    if LOGPROBS:
+        x4 = tl.maximum(x, NEG_INF).reshape([BLOCK // 4, 4])
+        m_new = tl.maximum(m_v, tl.max(x4, 1))
+        # (m_v starts at -FLT_MAX, not -inf: the rescale of an empty group is 0, not NaN)
+        z_v = z_v * _exp2_fast((m_v - m_new) * c2) + \
+            tl.sum(_exp2_fast(tl.fma(x4, c2, -(m_new * c2)[:, None])), 1)
+        m_v = m_new
+    return ub_v, m_v, z_v
+
+
+@_device
+def _race_pass(row_ptr, V, seed, off_lo, off_hi, inv_t, bias, c2,
+               LOGPROBS: tl.constexpr, NOISE_TEST: tl.constexpr, BLOCK: tl.constexpr):
+    """The one-read draw of a row with no filter: per lane the largest cheap bound of the
+    race key (anchored so that bias = 32 ln 2 - anchor / T), and with LOGPROBS the lane
+    max and normaliser."""
+    ub_v = tl.full([BLOCK], NEG_INF, tl.float32)
+    m_v = tl.full([BLOCK // 4], -FLT_MAX, tl.float32)
+    z_v = tl.zeros([BLOCK // 4], tl.float32)
+    n_full = V - V % BLOCK
+    for start in range(0, n_full, BLOCK):  # stream: race
+        x = tl.load(row_ptr + start + tl.arange(0, BLOCK)).to(tl.float32)
+        w = _tile_words(seed, off_lo, off_hi, start, 0, BLOCK)
+        ub_v, m_v, z_v = _race_step(x, w, inv_t, bias, c2, ub_v, m_v, z_v, LOGPROBS,
+                                    NOISE_TEST, BLOCK)
+    if n_full < V:
+        offs = n_full + tl.arange(0, BLOCK)
+        x = tl.load(row_ptr + offs, mask=offs < V, other=NEG_INF).to(tl.float32)
+        w = _tile_words(seed, off_lo, off_hi, n_full, 0, BLOCK)
+        ub_v, m_v, z_v = _race_step(x, w, inv_t, bias, c2, ub_v, m_v, z_v, LOGPROBS,
+                                    NOISE_TEST, BLOCK)
+    return ub_v, m_v, z_v
+
+
+@_device
+def _kept_race_pass(row_ptr, V, seed, off_lo, off_hi, m, inv_t, bias, kept_lo,
+                    NEED_MASS: tl.constexpr, NOISE_TEST: tl.constexpr, BLOCK: tl.constexpr):
+    """The race over the tokens with key >= kept_lo (rows keeping more tokens than the
+    scratch holds), and with NEED_MASS their exact mass."""
+    ub_v = tl.full([BLOCK], NEG_INF, tl.float32)
+    mass_v = tl.zeros([BLOCK], tl.int64)
+    lo32 = _u32(kept_lo)
+    for start in range(0, V, BLOCK):  # stream: kept race
+        offs, x = _load_tile(row_ptr, start, V, BLOCK, True)
+        kept = _key(x) >= lo32
+        w = _tile_words(seed, off_lo, off_hi, start, 0, BLOCK)
+        c = _cheap_key(tl.where(kept, x, NEG_INF), w, inv_t, bias)
+        if NOISE_TEST == 2:
+            c = tl.where(((w % 3) == 0) & kept, c + 100.0, c)
+        ub_v = tl.maximum(ub_v, c)
+        if NEED_MASS:
+            mass_v += tl.where(kept, _term(x, m, inv_t), 0)
+    return ub_v, tl.sum(mass_v, 0)
+
+
+@_device
+def _settle(ub_v, anchor, inv_t, row_ptr, scratch_row, n_src, kept_lo, seed, off_lo, off_hi,
+            FROM_SCRATCH: tl.constexpr, BLOCK: tl.constexpr):
+    """Prove the race's winner from the lanes' cheap bounds ``ub_v``.
+
+    The RACE_LANES lanes with the largest bounds get every token's exact key (a lane holds
+    tokens lane + t * BLOCK: of the row, or of the scratch's entries with FROM_SCRATCH);
+    the best of those wins if every other lane's bound plus its margin lies below it.
+    Only kept tokens count: key >= kept_lo.  Returns (proved, winner's exact key, its
+    index, its logit).
+    """
+    inv_t64 = inv_t.to(tl.float64)
+    anchor_scaled = tl.abs(anchor.to(tl.float64) * inv_t64)
+    lanes = tl.arange(0, BLOCK)
+    r = tl.arange(0, RACE_LANES)
+    top = tl.zeros([RACE_LANES], tl.int32)
+    rest = ub_v
+    for i in tl.static_range(RACE_LANES):
+        best = tl.max(rest, 0)
+        lane = tl.min(tl.where(rest == best, lanes, NO_TOKEN), 0)
+        top = tl.where(r == i, lane, top)
+        rest = tl.where(lanes == lane, NEG_INF, rest)
+    rest_ub = tl.max(rest, 0)
+    n_tiles = tl.cdiv(n_src, BLOCK)
+    best_key = tl.full([], NEG_INF, tl.float64)
+    best_idx = tl.full([], NO_TOKEN, tl.int32)
+    best_x = tl.full([], NEG_INF, tl.float32)
+    lo32 = _u32(kept_lo)
+    for t0 in range(0, n_tiles, 32):
+        t = t0 + tl.arange(0, 32)
+        pos = top[:, None] + t[None, :] * BLOCK                      # [lanes, tiles]
+        ok = (t[None, :] < n_tiles) & (pos < n_src)
+        if FROM_SCRATCH:
+            entry = tl.load(scratch_row + pos, mask=ok, other=0)
+            key = ((entry >> 32) & 0xFFFFFFFF).to(tl.uint32)
+            idx = (entry & 0x7FFFFFFF).to(tl.int32)
+            x = _unkey(key)
+        else:
+            idx = pos
+            x = _sanitize(tl.load(row_ptr + pos, mask=ok, other=NEG_INF))
+            key = _key(x)
+        ok = ok & (key >= lo32)
+        g = _gumbel(_token_words(seed, off_lo, off_hi, idx, 0),
+                    _token_words(seed, off_lo, off_hi, idx, 1))
+        k = tl.where(ok, _exact_key(x, anchor, inv_t64, g), NEG_INF)
+        k_best = tl.max(tl.max(k, 1), 0)
+        i_best = tl.min(tl.min(tl.where(ok & (k == k_best), idx, NO_TOKEN), 1), 0)
+        x_best = tl.max(tl.max(tl.where(ok & (k == k_best) & (idx == i_best), x, NEG_INF),
+                               1), 0)
+        win = (k_best > best_key) | ((k_best == best_key) & (i_best < best_idx))
+        best_key = tl.where(win, k_best, best_key)
+        best_idx = tl.where(win, i_best, best_idx)
+        best_x = tl.where(win, x_best, best_x)
+    proved = (rest_ub == NEG_INF) | \
+        (rest_ub.to(tl.float64) + _margin(rest_ub, anchor_scaled) < best_key)
+    return proved & (best_key > NEG_INF), best_key, best_idx, best_x
+
+
+@_device
+def _exact_race(row_ptr, V, m, inv_t, seed, off_lo, off_hi, kept_lo,
+                RARE_BLOCK: tl.constexpr):
+    """The race with exact keys for every kept token (key >= kept_lo): the fallback when
+    the cheap bounds prove nothing.  Returns (key, index, logit) of the winner."""
+    inv_t64 = inv_t.to(tl.float64)
+    best_k = tl.full([RARE_BLOCK], NEG_INF, tl.float64)
+    best_i = tl.full([RARE_BLOCK], NO_TOKEN, tl.int32)
+    best_x = tl.full([RARE_BLOCK], NEG_INF, tl.float32)
+    lo32 = _u32(kept_lo)
+    for start in range(0, V, RARE_BLOCK):  # stream: exact race (tile RARE_BLOCK)
+        offs, x = _load_tile(row_ptr, start, V, RARE_BLOCK, True)
+        g = _gumbel(_tile_words(seed, off_lo, off_hi, start, 0, RARE_BLOCK),
+                    _tile_words(seed, off_lo, off_hi, start, 1, RARE_BLOCK))
+        k = tl.where((_key(x) >= lo32) & (offs < V), _exact_key(x, m, inv_t64, g), NEG_INF)
+        win = k > best_k                      # tiles in index order: ties keep the first
+        best_k = tl.where(win, k, best_k)
+        best_i = tl.where(win, offs, best_i)
+        best_x = tl.where(win, x, best_x)
+    k = tl.max(best_k, 0)
+    i = tl.min(tl.where(best_k == k, best_i, NO_TOKEN), 0)
+    return k, i, tl.max(tl.where(best_i == i, best_x, NEG_INF), 0)
+
+
+@_device
+def _first_pass(row_ptr, V, inv_t, hist_row, HIST: tl.constexpr, BIN_BITS: tl.constexpr,
+                BLOCK: tl.constexpr):
+    """Max and online normaliser sum exp((x - max) / T) (float32, per lane, combined in
+    float64); with HIST, the count histogram of the keys' top BIN_BITS bits, stored in
+    the program's three histogram slots (pass 1's, bracket A's, bracket B's)."""
+    NB: tl.constexpr = 1 << BIN_BITS
+    c2 = tl.maximum(inv_t * LOG2E, 1e-30)             # T = inf: d * 0 would be NaN for -inf
+    m_v = tl.full([BLOCK], -FLT_MAX, tl.float32)
+    z_v = tl.zeros([BLOCK], tl.float32)
+    hist = tl.zeros([NB], tl.int32)
+    any_inf = tl.zeros([BLOCK], tl.int1)
+    for start in range(0, V, BLOCK):  # stream: first
+        offs, x = _load_tile(row_ptr, start, V, BLOCK, True)
+        d = x - m_v
+        e = _exp2_fast(-tl.abs(d) * c2)
+        z_v = tl.where(d > 0, tl.fma(z_v, e, 1.0), z_v + e)
+        m_v = tl.maximum(m_v, x)
+        if HIST:
+            hist += tl.histogram((_key(x) >> (32 - BIN_BITS)).to(tl.int32), NB)
+    m = tl.max(m_v, 0)
+    z = tl.sum(z_v.to(tl.float64) * tl.exp2((m_v - m) * c2).to(tl.float64), 0)
+    if HIST:
+        bins = tl.arange(0, NB)
+        hist = tl.where(bins == 0, hist - (tl.cdiv(V, BLOCK) * BLOCK - V), hist)
+        tl.store(_here(hist_row) + bins, hist)
+        tl.store(_here(hist_row) + NB + bins, hist)
+        tl.store(_here(hist_row) + 2 * NB + bins, hist)
+    return m, z
+
+
+@_device
+def _row_max_and_mode(row_ptr, V, RARE_BLOCK: tl.constexpr):
+    """The sanitised row max, and its mode: 0 ordinary, 1 the row holds +inf, 2 the row
+    has no logit above -inf (docs/design.md, "Odd input")."""
+    m_v = tl.full([RARE_BLOCK], NEG_INF, tl.float32)
+    for start in range(0, V, RARE_BLOCK):  # stream: row max (tile RARE_BLOCK)
+        offs, x = _load_tile(row_ptr, start, V, RARE_BLOCK, True)
+        m_v = tl.maximum(m_v, x)
+    m = tl.max(m_v, 0)
+    return m, tl.where(m == POS_INF, 1, tl.where(m == NEG_INF, 2, 0))
+
+
+@_device
+def _special_row(row_ptr, V, row, mode, seed, off_lo, off_hi, passes, fallbacks, tokens_ptr,
+                 logprobs_ptr, probs_row, stats_row, PROBS: tl.constexpr,
+                 LOGPROBS: tl.constexpr, STATS: tl.constexpr, RARE_BLOCK: tl.constexpr):
+    """A row whose max is +inf (mode 1: its +inf tokens are equals, the rest out) or -inf
+    (mode 2: every token an equal), possible with validate=False: the race over the
+    equals with keys G alone, or their uniform filtered_probs; and the row's results."""
+    best_k = tl.full([RARE_BLOCK], NEG_INF, tl.float64)
+    best_i = tl.full([RARE_BLOCK], NO_TOKEN, tl.int32)
+    count = tl.zeros([RARE_BLOCK], tl.int32)
+    for start in range(0, V, RARE_BLOCK):  # stream: special (tile RARE_BLOCK)
+        offs, x = _load_tile(row_ptr, start, V, RARE_BLOCK, True)
+        equal = (offs < V) & ((mode == 2) | (x == POS_INF))
+        g = _gumbel(_tile_words(seed, off_lo, off_hi, start, 0, RARE_BLOCK),
+                    _tile_words(seed, off_lo, off_hi, start, 1, RARE_BLOCK))
+        k = tl.where(equal, g.to(tl.float64), NEG_INF)
+        win = k > best_k
+        best_k = tl.where(win, k, best_k)
+        best_i = tl.where(win, offs, best_i)
+        count += equal.to(tl.int32)
+    k = tl.max(best_k, 0)
+    token = tl.min(tl.where(best_k == k, best_i, NO_TOKEN), 0)
+    n_equal = tl.sum(count, 0)
+    passes += 1
+    if PROBS:
+        for start in range(0, V, RARE_BLOCK):  # stream: write special (tile RARE_BLOCK)
+            offs, x = _load_tile(row_ptr, start, V, RARE_BLOCK, True)
+            equal = (mode == 2) | (x == POS_INF)
+            prob = tl.where(equal, (1.0 / n_equal.to(tl.float64)).to(tl.float32), 0.0)
+            tl.store(probs_row + offs, prob, mask=offs < V)
+        passes += 1
+    else:
+        tl.store(tokens_ptr + row, token.to(tl.int64))
+        if LOGPROBS:
+            tl.store(logprobs_ptr + row, (-tl.log(n_equal.to(tl.float64))).to(tl.float32))
+    if STATS:
+        tl.store(stats_row, passes)
+        tl.store(stats_row + 1, fallbacks)
+
+
+@_device
+def _refine_tile(x, offs, V, m, c2, inv_t, a_open, a_lo32, a_span32, a_shift, b_lo32,
+                 b_span32, b_shift, k_from32, b_from32, binmass_row, hist_a, hist_b, k_v,
+                 b_v, k_exact, b_exact, K_SUM: tl.constexpr, EXACT: tl.constexpr,
+                 NB: tl.constexpr):
+    key = _key(x)
+    e = _exp2_fast((x - m) * c2)
+    if K_SUM:
+        k_v += tl.where(key >= k_from32, e, 0.0)
+    b_v += tl.where(key >= b_from32, e, 0.0)
+    # Bracket B as one unsigned compare (it never holds the tail's -inf padding: the
+    # min-p floor drops those keys).  The histogram is unmasked (a masked one branches
+    # per token): the rest count in bin 0, and & (NB - 1) proves the bin in range (else
+    # a check and a branch per token).
+    b_off = key - b_lo32
+    hist_b += tl.histogram(tl.where(b_off <= b_span32, b_off >> b_shift.to(tl.uint32), 0)
+                           .to(tl.int32) & (NB - 1), NB)
+    if EXACT:
+        t = _term(x, m, inv_t)
+        b_bin = (b_off >> b_shift.to(tl.uint32)).to(tl.int32)
+        tl.atomic_add(_here(binmass_row) + b_bin, t, mask=(key >= b_lo32) & (b_bin < NB) &
+                      (key <= b_lo32 + b_span32), sem="relaxed")
+        k_exact += tl.sum(tl.where(key >= k_from32, t, 0), 0)
+        b_exact += tl.sum(tl.where(key >= b_from32, t, 0), 0)
+    if a_open:  # rare: a top-k bin holding more tokens than the scratch
+        a_off = key - a_lo32
+        in_a = (a_off <= a_span32) & (offs < V)
+        hist_a += tl.histogram(tl.where(in_a, a_off >> a_shift.to(tl.uint32), 0)
+                               .to(tl.int32) & (NB - 1), NB, mask=in_a)
+    return hist_a, hist_b, k_v, b_v, k_exact, b_exact
+
+
+@_device
+def _refine_pass(row_ptr, V, m, inv_t, a_open, a_lo, a_hi, a_shift, b_open, b_lo, b_hi,
+                 b_shift, n_b, k_from, b_from, binmass_row, hist_row, K_SUM: tl.constexpr,
+                 EXACT: tl.constexpr, BIN_BITS: tl.constexpr, BLOCK: tl.constexpr):
+    """Finer count histograms of the open brackets (keys [lo, hi] in bins of 2^shift, to
+    the histogram slots of A and B; bracket B holds n_b keys), and the mass at or above
+    b_from and, with K_SUM, at or above k_from (the top-k set and what may still join
+    it), as float32 sums (bounds: _sum_bounds).  With EXACT (when the previous refine
+    gained no resolution) also each bin of B's exact mass (integer atomics) and both
+    masses exactly: a variant of its own, since its int64 terms and atomic operands would
+    otherwise hold registers in every refine.  Returns (k mass, b mass, exact k mass,
+    exact b mass), the first two in units of the max token's weight."""
+    NB: tl.constexpr = 1 << BIN_BITS
+    c2 = tl.maximum(inv_t * LOG2E, 1e-30)             # T = inf: d * 0 would be NaN for -inf
+    # a bracket as one unsigned compare, key - lo <= hi - lo; a closed one is empty
+    a_lo32 = _u32(tl.where(a_open, a_lo, KEY_TOP))
+    a_span32 = _u32(tl.where(a_open, a_hi - a_lo, 0))
+    b_lo32 = _u32(tl.where(b_open, b_lo, KEY_TOP))
+    b_span32 = _u32(tl.where(b_open, b_hi - b_lo, 0))
+    k_from32 = _u32(k_from)
+    b_from32 = _u32(b_from)
+    hist_a = tl.zeros([NB], tl.int32)
+    hist_b = tl.zeros([NB], tl.int32)
+    k_v = tl.zeros([BLOCK], tl.float32)
+    b_v = tl.zeros([BLOCK], tl.float32)
+    k_exact = tl.full([], 0, tl.int64)
+    b_exact = tl.full([], 0, tl.int64)
+    n_full = V - V % BLOCK
+    for start in range(0, n_full, BLOCK):  # stream: refine (tile BLOCK)
+        offs, x = _load_tile(row_ptr, start, V, BLOCK, False)
+        hist_a, hist_b, k_v, b_v, k_exact, b_exact = _refine_tile(
+            x, offs, V, m, c2, inv_t, a_open, a_lo32, a_span32, a_shift, b_lo32, b_span32,
+            b_shift, k_from32, b_from32, binmass_row, hist_a, hist_b, k_v, b_v, k_exact,
+            b_exact, K_SUM, EXACT, NB)
+    if n_full < V:
+        offs, x = _load_tile(row_ptr, n_full, V, BLOCK, True)
+        hist_a, hist_b, k_v, b_v, k_exact, b_exact = _refine_tile(
+            x, offs, V, m, c2, inv_t, a_open, a_lo32, a_span32, a_shift, b_lo32, b_span32,
+            b_shift, k_from32, b_from32, binmass_row, hist_a, hist_b, k_v, b_v, k_exact,
+            b_exact, K_SUM, EXACT, NB)
+    bins = tl.arange(0, NB)
+    if a_open:
+        tl.store(_here(hist_row) + NB + bins, hist_a)
+    if b_open:
+        outside = tl.cdiv(V, BLOCK) * BLOCK - n_b.to(tl.int32)    # counted in bin 0
+        tl.store(_here(hist_row) + 2 * NB + bins, tl.where(bins == 0, hist_b - outside, hist_b))
+    return tl.sum(k_v.to(tl.float64), 0), tl.sum(b_v.to(tl.float64), 0), k_exact, b_exact
+
+
+@_device
+def _collect_tile(x, t_bit, m, inv_t, lo1, hi1, lo2, hi2, from_a, from_b, bits, z_v,
+                  above_a_v, above_b_v, NEED_Z, MASSES: tl.constexpr):
+    key = _key(x)
+    take = ((key >= lo1) & (key <= hi1)) | ((key >= lo2) & (key <= hi2))
+    bits = tl.where(take, bits | t_bit, bits)
+    if MASSES:
+        t = _term(x, m, inv_t)
+        z_v += t
+        above_a_v += tl.where(key >= from_a, t, 0)
+        above_b_v += tl.where(key >= from_b, t, 0)
+    elif NEED_Z:
+        z_v += _term(x, m, inv_t)
+    return bits, z_v, above_a_v, above_b_v
+
+
+@_device
+def _flush(row_ptr, bits, group, words_row, scratch_row, n, CAP: tl.constexpr,
+           CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+    """Move the marked tokens of one group of 32 tiles (bit t of lane l: token
+    (group * 32 + t) * BLOCK + l) to the scratch as (key << 32 | index) entries.  The
+    words go through memory and are read back CHUNK lanes at a time, one round per set
+    bit of the chunk's fullest word.  Counts past CAP without storing."""
+    tl.store(_here(words_row) + tl.arange(0, BLOCK), bits)
+    tl.debug_barrier()
+    for c0 in range(0, BLOCK, CHUNK):
+        lanes = c0 + tl.arange(0, CHUNK)
+        w = tl.load(_here(words_row) + lanes, mask=lanes < BLOCK, other=0).to(tl.uint32,
+                                                                              bitcast=True)
+        while tl.max(w, 0) != 0:
+            low = w & (0 - w)                                        # lowest set bit
+            has = w != 0
+            t = ((low.to(tl.float32).to(tl.int32, bitcast=True) >> 23) - 127)
+            idx = (group * 32 + t) * BLOCK + lanes
+            x = _sanitize(tl.load(row_ptr + idx, mask=has, other=NEG_INF))
+            pos = n + tl.cumsum(has.to(tl.int32), 0) - 1
+            entry = (_key(x).to(tl.int64) << 32) | idx.to(tl.int64)
+            tl.store(scratch_row + pos, entry, mask=has & (pos < CAP))
+            n += tl.sum(has.to(tl.int32), 0)
+            w = w ^ low
+    tl.debug_barrier()
+    return n
+
+
+@_device
+def _collect_pass(row_ptr, V, m, inv_t, lo1, hi1, lo2, hi2, NEED_Z, from_a, from_b,
+                  scratch_row, words_row, MASSES: tl.constexpr, CAP: tl.constexpr,
+                  CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+    """Move every token with a key in [lo1, hi1] or [lo2, hi2] to the scratch (at most CAP
+    stored; the count returned is exact); with NEED_Z sum the row's exact mass, with
+    MASSES also the masses at or above from_a and from_b.
+
+    A token is marked by a bit in its lane's word (bit t for the t-th tile of a group of
+    32), which costs a compare and a select per token, and the words are moved to the
+    scratch after each group (_flush): no per-tile scan."""
+    l1 = _u32(lo1)
+    h1 = _u32(hi1)
+    l2 = _u32(lo2)
+    h2 = _u32(hi2)
+    fa = _u32(from_a)
+    fb = _u32(from_b)
+    z = tl.full([], 0, tl.int64)
+    above_a = tl.full([], 0, tl.int64)
+    above_b = tl.full([], 0, tl.int64)
+    n = tl.full([], 0, tl.int32)
+    n_full = V - V % BLOCK
+    for g0 in range(0, V, 32 * BLOCK):
+        bits = tl.zeros([BLOCK], tl.int32)
+        z_v = tl.zeros([BLOCK], tl.int64)
+        above_a_v = tl.zeros([BLOCK], tl.int64)
+        above_b_v = tl.zeros([BLOCK], tl.int64)
+        g_end = tl.minimum(g0 + 32 * BLOCK, n_full)
+        for start in range(g0, g_end, BLOCK):  # stream: collect (tile BLOCK)
+            offs, x = _load_tile(row_ptr, start, V, BLOCK, False)
+            bits, z_v, above_a_v, above_b_v = _collect_tile(
+                x, 1 << ((start - g0) // BLOCK), m, inv_t, l1, h1, l2, h2, fa, fb, bits, z_v,
+                above_a_v, above_b_v, NEED_Z, MASSES)
+        if (g0 + 32 * BLOCK >= V) & (n_full < V):
+            offs, x = _load_tile(row_ptr, n_full, V, BLOCK, True)
+            bits, z_v, above_a_v, above_b_v = _collect_tile(
+                x, 1 << ((n_full - g0) // BLOCK), m, inv_t, l1, h1, l2, h2, fa, fb, bits,
+                z_v, above_a_v, above_b_v, NEED_Z, MASSES)
+        # the group's sums first: no per-lane accumulator lives through the flush
+        z += tl.sum(z_v, 0)
+        above_a += tl.sum(above_a_v, 0)
+        above_b += tl.sum(above_b_v, 0)
+        n = _flush(row_ptr, bits, g0 // (32 * BLOCK), words_row, scratch_row, n, CAP, CHUNK,
+                   BLOCK)
+    return n, z, above_a, above_b
+
+
+@_device
+def _write_pass(row_ptr, V, m, inv_t, kept_lo, greedy, arg, scale, probs_row,
+                BLOCK: tl.constexpr):
+    """filtered_probs: exp(d) * scale on the kept tokens (key >= kept_lo), 0 elsewhere;
+    one-hot at ``arg`` for a greedy row."""
+    lo32 = _u32(kept_lo)
+    for start in range(0, V, BLOCK):  # stream: write
+        offs, x = _load_tile(row_ptr, start, V, BLOCK, True)
+        keep = _key(x) >= lo32
+        prob = tl.where(keep, (tl.exp(_scaled(x, m, inv_t)).to(tl.float64) * scale)
+                        .to(tl.float32), 0.0)
+        prob = tl.where(greedy, tl.where(offs == arg, 1.0, 0.0), prob)
+        tl.store(probs_row + offs, prob, mask=offs < V)
+
+
+# ----------------------------------------------------------------------------- scratch
+# The scratch holds int64 entries key << 32 | index.
+
+@_device
+def _scratch_chunk(scratch_row, start, n, CHUNK: tl.constexpr):
+    """CHUNK scratch keys from ``start`` as int64 in [0, 2^32) (-1 past the n entries)."""
+    pos = start + tl.arange(0, CHUNK)
+    entry = tl.load(scratch_row + pos, mask=pos < n, other=0)
+    return tl.where(pos < n, (entry >> 32) & 0xFFFFFFFF, -1)
+
+
+@_device
+def _scratch_mass(scratch_row, n, m, inv_t, lo, hi, CHUNK: tl.constexpr):
+    """Exact mass (fixed point, float64) of the scratch's tokens with keys in [lo, hi]."""
+    total = tl.full([], 0, tl.int64)
+    for start in range(0, n, CHUNK):
+        key = _scratch_chunk(scratch_row, start, n, CHUNK)
+        inside = (key >= lo) & (key <= hi)
+        total += tl.sum(tl.where(inside, _term(_unkey(tl.maximum(key, 0)), m, inv_t), 0), 0)
+    return total.to(tl.float64)
+
+
+@_device
+def _scratch_top_k(scratch_row, n, k, a_lo, a_hi, a_above, BIN_BITS: tl.constexpr,
+                   CHUNK: tl.constexpr):
+    """The exact top-k threshold key from the scratch, which holds every key of bracket A
+    [a_lo, a_hi] (``a_above`` keys lie above it): finer count histograms of the bracket,
+    BIN_BITS bits at a time, until the k-th key's bin is a single key or wholly kept."""
+    NB: tl.constexpr = 1 << BIN_BITS
+    done = tl.full([], False, tl.int1)
+    lo = a_lo
+    hi = a_hi
+    above = a_above.to(tl.int64)
+    while ~done:
+        shift = _next_shift(lo, hi, BIN_BITS)
+        cnt = tl.zeros([NB], tl.int32)
+        for start in range(0, n, CHUNK):
+            key = _scratch_chunk(scratch_row, start, n, CHUNK)
+            inside = (key >= lo) & (key <= hi)
+            cnt += tl.histogram(tl.where(inside, (key - lo) >> shift, 0).to(tl.int32) & (NB - 1),
+                                NB, mask=inside)
+        bk, above_bk, cnt_bk, bk_lo, bk_hi = _top_k_window(cnt, lo, hi, shift, above, k, NB)
+        done = (shift == 0) | (above_bk + cnt_bk == k)
+        above = above_bk
+        lo = bk_lo
+        hi = bk_hi
+    return lo
+
+
+@_device
+def _scratch_top_p(scratch_row, binmass_row, n, m, inv_t, b_lo, b_hi,
+                   mass_above_b, cnt_above_b, pk, floor_key, BIN_BITS: tl.constexpr,
+                   CHUNK: tl.constexpr):
+    """The exact top-p threshold key from the scratch, which holds every key of bracket B
+    [b_lo, b_hi] (``mass_above_b``: the exact mass above it; ``pk``: top_p times the
+    exact normaliser): finer histograms with exact bin masses (integer atomics), BIN_BITS
+    bits at a time, until the threshold is exact."""
+    NB: tl.constexpr = 1 << BIN_BITS
+    bins = tl.arange(0, NB)
+    done = tl.full([], False, tl.int1)
+    theta = b_hi + 1
+    lo = b_lo
+    hi = b_hi
+    mass_above = mass_above_b
+    cnt_above = cnt_above_b.to(tl.int64)
+    while ~done:
+        shift = _next_shift(lo, hi, BIN_BITS)
+        tl.debug_barrier()
+        tl.store(_here(binmass_row) + bins, tl.zeros([NB], tl.int64))
+        tl.debug_barrier()
+        cnt = tl.zeros([NB], tl.int32)
+        for start in range(0, n, CHUNK):
+            key = _scratch_chunk(scratch_row, start, n, CHUNK)
+            inside = (key >= lo) & (key <= hi)
+            b = tl.where(inside, (key - lo) >> shift, 0).to(tl.int32) & (NB - 1)
+            cnt += tl.histogram(b, NB, mask=inside)
+            tl.atomic_add(_here(binmass_row) + b, _term(_unkey(tl.maximum(key, 0)), m, inv_t),
+                          mask=inside, sem="relaxed")
+        tl.debug_barrier()
+        mass = tl.load(_here(binmass_row) + bins, cache_modifier=".cg").to(tl.float64)
+        done, theta, new_lo, new_hi, n_win, new_above = _top_p_window(
+            cnt, mass, mass, lo, hi, shift, mass_above, mass_above, cnt_above, pk, pk,
+            floor_key, NB)
+        mass_above = mass_above + tl.sum(tl.where(_bin_lo(lo, shift, bins) > new_hi, mass, 0.0),
+                                         0)
+        cnt_above = new_above
+        lo = new_lo
+        hi = new_hi
+    return theta
+
+
+@_device
+def _scratch_race(scratch_row, n, anchor, inv_t, kept_lo, seed, off_lo, off_hi,
+                  NOISE_TEST: tl.constexpr, BLOCK: tl.constexpr):
+    """The cheap race over the scratch's kept entries (key >= kept_lo), BLOCK at a time,
+    then _settle.  Returns (proved, key, index, logit)."""
+    lanes = tl.arange(0, BLOCK)
+    bias = BIAS_2_32 - anchor * inv_t
+    lo32 = _u32(kept_lo)
+    ub_v = tl.full([BLOCK], NEG_INF, tl.float32)
+    for start in range(0, n, BLOCK):
+        pos = start + lanes
+        entry = tl.load(scratch_row + pos, mask=pos < n, other=0)
+        key = ((entry >> 32) & 0xFFFFFFFF).to(tl.uint32)
+        idx = (entry & 0x7FFFFFFF).to(tl.int32)
+        kept = (pos < n) & (key >= lo32)
+        w = _token_words(seed, off_lo, off_hi, idx, 0)
+        c = _cheap_key(tl.where(kept, _unkey(key), NEG_INF), w, inv_t, bias)
+        if NOISE_TEST == 2:
+            c = tl.where(((w % 3) == 0) & kept, c + 100.0, c)
+        ub_v = tl.maximum(ub_v, c)
+    return _settle(ub_v, anchor, inv_t, scratch_row, scratch_row, n, kept_lo, seed,
+                   off_lo, off_hi, True, BLOCK)
+
+
 # ----------------------------------------------------------------------------- kernel
-
-# What the next streaming pass over the row does.
-REFINE = tl.constexpr(1)  # histogram the uncertain key ranges at finer resolution
-GATHER = tl.constexpr(2)  # copy the uncertain tokens to scratch, race the surely-kept ones
-RACE = tl.constexpr(3)    # both thresholds exact: race the kept tokens (or sum their mass)
-DONE = tl.constexpr(4)
-
 
 @triton.jit
 def _sample_kernel(
     logits_ptr, stride_row, V, n_rows,
     temp_ptr, temp_val, topk_ptr, topk_val, topp_ptr, topp_val, minp_ptr, minp_val,
     seed_ptr, seed_val, offset_ptr, offset_val,
-    tokens_ptr, logprobs_ptr, probs_ptr, scratch_ptr, binmass_ptr, stats_ptr,
+    tokens_ptr, logprobs_ptr, probs_ptr, scratch_ptr, binmass_ptr, hist_ptr, stats_ptr,
     TEMP_T: tl.constexpr, TOPK_T: tl.constexpr, TOPP_T: tl.constexpr, MINP_T: tl.constexpr,
     SEED_T: tl.constexpr, OFFSET_T: tl.constexpr,
     HAS_TOP_K: tl.constexpr, HAS_TOP_P: tl.constexpr, HAS_MIN_P: tl.constexpr,
     JOINT: tl.constexpr, PROBS: tl.constexpr, LOGPROBS: tl.constexpr, STATS: tl.constexpr,
     BLOCK: tl.constexpr, BIN_BITS: tl.constexpr, CAP: tl.constexpr, CHUNK: tl.constexpr,
-    MAX_PASSES: tl.constexpr,
+    RARE_BLOCK: tl.constexpr, MAX_PASSES: tl.constexpr, NOISE_TEST: tl.constexpr,
 ):
     NB: tl.constexpr = 1 << BIN_BITS
     # A fixed grid of programs walks the rows, so the scratch is per program (the grid is
     # a few waves of the GPU), not per row: memory does not grow with the batch.
     program = tl.program_id(0).to(tl.int64)
-    scratch_row = scratch_ptr + program * (2 * CAP)
+    scratch_row = scratch_ptr + program * (CAP + 32)
     binmass_row = binmass_ptr + program * NB
-    for row32 in range(tl.program_id(0), n_rows, tl.num_programs(0)):
+    hist_row = hist_ptr + program * (3 * NB + BLOCK)    # 3 histograms, the collect's words
+    # No loop-invariant code motion out of the row loop: LLVM would hoist the index
+    # arithmetic and constants of every phase to the kernel's entry, live throughout.
+    for row32 in tl.range(tl.program_id(0), n_rows, tl.num_programs(0), disable_licm=True):
         tl.debug_barrier()     # the previous row's reads of the scratch are done
         row = tl.cast(row32, tl.int64)
         _sample_row(
             logits_ptr + row * stride_row, V, row,
             temp_ptr, temp_val, topk_ptr, topk_val, topp_ptr, topp_val, minp_ptr, minp_val,
             seed_ptr, seed_val, offset_ptr, offset_val,
-            tokens_ptr, logprobs_ptr, probs_ptr, scratch_row, binmass_row, stats_ptr,
+            tokens_ptr, logprobs_ptr, probs_ptr + row * V, scratch_row, binmass_row, hist_row,
+            stats_ptr + row * 2,
             TEMP_T, TOPK_T, TOPP_T, MINP_T, SEED_T, OFFSET_T, HAS_TOP_K, HAS_TOP_P,
-            HAS_MIN_P, JOINT, PROBS, LOGPROBS, STATS, BLOCK, BIN_BITS, CAP, CHUNK, MAX_PASSES)
+            HAS_MIN_P, JOINT, PROBS, LOGPROBS, STATS, BLOCK, BIN_BITS, CAP, CHUNK, RARE_BLOCK,
+            MAX_PASSES, NOISE_TEST)
 
 
 @_device
@@ -323,30 +1031,26 @@ def _sample_row(
     row_ptr, V, row,
     temp_ptr, temp_val, topk_ptr, topk_val, topp_ptr, topp_val, minp_ptr, minp_val,
     seed_ptr, seed_val, offset_ptr, offset_val,
-    tokens_ptr, logprobs_ptr, probs_ptr, scratch_row, binmass_row, stats_ptr,
+    tokens_ptr, logprobs_ptr, probs_row, scratch_row, binmass_row, hist_row, stats_row,
     TEMP_T: tl.constexpr, TOPK_T: tl.constexpr, TOPP_T: tl.constexpr, MINP_T: tl.constexpr,
     SEED_T: tl.constexpr, OFFSET_T: tl.constexpr,
     HAS_TOP_K: tl.constexpr, HAS_TOP_P: tl.constexpr, HAS_MIN_P: tl.constexpr,
     JOINT: tl.constexpr, PROBS: tl.constexpr, LOGPROBS: tl.constexpr, STATS: tl.constexpr,
     BLOCK: tl.constexpr, BIN_BITS: tl.constexpr, CAP: tl.constexpr, CHUNK: tl.constexpr,
-    MAX_PASSES: tl.constexpr,
+    RARE_BLOCK: tl.constexpr, MAX_PASSES: tl.constexpr, NOISE_TEST: tl.constexpr,
 ):
     """One row, start to finish: the whole algorithm (module docstring)."""
-    NB: tl.constexpr = 1 << BIN_BITS
-    lanes = tl.arange(0, BLOCK)
-    bins = tl.arange(0, NB)
-    slots = tl.arange(0, CAP)
-
-    # ---- per-row parameters: a tensor entry, or the scalar shared by every row
-    t = _param(temp_ptr, temp_val, row, TEMP_T, tl.float32)
-    seed = _param(seed_ptr, seed_val, row, SEED_T, tl.int64)
-    offset = _param(offset_ptr, offset_val, row, OFFSET_T, tl.int64)
+    # ---- per-row parameters: a tensor entry, or the scalar shared by every row.
     # Out-of-range values can only arrive in tensors with validate=False; each has a
     # defined meaning (docs/design.md, "Odd input"): T <= 0 or NaN is greedy, a NaN
     # top_p / min_p is off, top_p <= 0 keeps the most probable tokens, min_p > 1 acts as 1.
+    t = _param(temp_ptr, temp_val, row, TEMP_T, tl.float32)
+    seed = _param(seed_ptr, seed_val, row, SEED_T, tl.int64)
+    offset = _param(offset_ptr, offset_val, row, OFFSET_T, tl.int64)
+    off_lo = (offset & 0xFFFFFFFF).to(tl.uint32)
+    off_hi = ((offset >> 32) & 0xFFFFFFFF).to(tl.uint32)
     greedy = ~(t > 0.0)
     inv_t = tl.math.div_rn(1.0, tl.where(greedy, 1.0, t))          # T = +inf gives 0
-    inv_t64 = inv_t.to(tl.float64)
     no = greedy & ~greedy                                           # scalar False
     k = tl.full([], 0, tl.int64)
     k_on = no
@@ -365,311 +1069,463 @@ def _sample_row(
         mp = _param(minp_ptr, minp_val, row, MINP_T, tl.float32)
         m_on = ~greedy & (mp > 0.0)
         mp = tl.minimum(mp, 1.0)
-    # min-p keeps d >= ln(min_p); -inf keeps every token when min-p is off
-    log_mp = tl.where(m_on, tl.log(tl.where(m_on, mp, 1.0)), NEG_INF)
-    search = k_on | p_on
-    plain = ~greedy & ~search & ~m_on
+    log_mp = tl.log(tl.where(m_on, mp, 1.0))
+    plain = ~greedy & ~k_on & ~p_on & ~m_on
+    race = plain
+    if PROBS:
+        race = no                         # filtered_probs: no draw, the normaliser first
 
-    # ---- pass 1: max, greedy argmax, online normaliser; then the race (no filter: the
-    # row is done in this one read) or a count histogram of the keys (top-k / top-p).
-    # A row whose max is +-inf is read once more with its special values resolved.
-    mode = tl.full([], 0, tl.int32)
     passes = tl.full([], 0, tl.int32)
-    again = ~no
-    m = tl.full([], NEG_INF, tl.float32)
-    arg = tl.full([], 0, tl.int64)
-    z = tl.full([], 0.0, tl.float64)
-    hist = tl.zeros([NB], tl.int32)
-    best_idx = tl.full([], 0, tl.int64)
-    best_x = tl.full([], NEG_INF, tl.float32)
-    best_key = tl.full([], NEG_INF, tl.float64)
-    while again:
-        # Per-lane state through the tiles, reduced once at the end (one reduction per
-        # pass instead of one per tile): running max, first index of it, normaliser
-        # relative to the lane max, and the lane's race winner.
-        m_v = tl.full([BLOCK], NEG_INF, tl.float32)
-        arg_v = tl.zeros([BLOCK], tl.int64)
-        z_v = tl.zeros([BLOCK], tl.float64)
-        best_x_v = tl.full([BLOCK], NEG_INF, tl.float32)
-        best_g_v = tl.zeros([BLOCK], tl.float64)
-        best_i_v = tl.zeros([BLOCK], tl.int64)
-        hist = tl.zeros([NB], tl.int32)
-        for start in range(0, V, BLOCK):  # stream: first
-            offs = start + lanes
-            msk = offs < V
-            x = _load_x(row_ptr, offs, msk, mode)
-            arg_v = tl.where(x > m_v, offs.to(tl.int64), arg_v)   # first of equal maxima
-            m_new = tl.maximum(m_v, x)
-            rescale = tl.where(m_v == NEG_INF, 0.0, tl.exp((m_v - m_new) * inv_t))
-            w = tl.where(x == NEG_INF, 0.0, tl.exp((x - m_new) * inv_t))
-            z_v = z_v * rescale.to(tl.float64) + w.to(tl.float64)
-            if not PROBS:
-                if plain:
-                    # One-read draw: keys anchored at the lane's running max, and the
-                    # lane's winner re-keyed with the same anchor before each comparison.
-                    g = _gumbel(seed, offset, offs.to(tl.int64))
-                    win = _race_key(x, m_new, inv_t64, g) > \
-                        _race_key(best_x_v, m_new, inv_t64, best_g_v)
-                    best_x_v = tl.where(win, x, best_x_v)
-                    best_g_v = tl.where(win, g.to(tl.float64), best_g_v)
-                    best_i_v = tl.where(win, offs.to(tl.int64), best_i_v)
-            if search:
-                top_bits = (_key(x) >> (32 - BIN_BITS)).to(tl.int32)
-                hist += tl.histogram(top_bits, NB, mask=msk)
-            m_v = m_new
-        m = tl.max(m_v, 0)
-        arg = tl.min(tl.where(m_v == m, arg_v, KEY_NONE), 0)
-        z = tl.sum(z_v * tl.where(m_v == NEG_INF, 0.0, tl.exp((m_v - m) * inv_t))
-                   .to(tl.float64), 0)
-        keys = _race_key(best_x_v, m, inv_t64, best_g_v)
-        best_key = tl.max(keys, 0)
-        best_idx = tl.min(tl.where(keys == best_key, best_i_v, KEY_NONE), 0)
-        best_x = tl.sum(tl.where((keys == best_key) & (best_i_v == best_idx), best_x_v, 0.0), 0)
-        passes += 1
-        again = (mode == 0) & ~greedy & ((m == POS_INF) | (m == NEG_INF))
-        mode = tl.where(again, tl.where(m == POS_INF, 1, 2), mode)
+    if greedy:
+        m, token = _greedy_pass(row_ptr, V, BLOCK)
+        _finish(row_ptr, V, row, m, inv_t, token, m, KEY_NEG_INF + 1, FIX, greedy, 1, 0,
+                tokens_ptr, logprobs_ptr, probs_row, stats_row, PROBS, LOGPROBS, STATS, BLOCK)
+    elif race:
+        # ---- the one-read draw: cheap bounds per lane, anchored at the first tile's max
+        # so that they stay small numbers; then the proof; an exact race if it fails.
+        offs0, x0 = _load_tile(row_ptr, 0, V, BLOCK, True)
+        anchor = tl.max(x0, 0)
+        anchor = tl.where(tl.abs(anchor) < FLT_MAX, anchor, 0.0)
+        c2 = tl.maximum(inv_t * LOG2E, 1e-30)         # T = inf: d * 0 is NaN for -inf
+        ub_v, m_v, z_v = _race_pass(row_ptr, V, seed, off_lo, off_hi, inv_t,
+                                    BIAS_2_32 - anchor * inv_t, c2, LOGPROBS, NOISE_TEST,
+                                    BLOCK)
+        token = tl.full([], 0, tl.int32)
+        x_tok = tl.full([], NEG_INF, tl.float32)
+        proved = no
+        if tl.abs(tl.max(ub_v, 0)) < POS_INF:
+            proved, key_won, token, x_tok = _settle(ub_v, anchor, inv_t, row_ptr, scratch_row,
+                                                    V, KEY_NEG_INF + 1, seed, off_lo, off_hi,
+                                                    False, BLOCK)
+        m = tl.full([], 0.0, tl.float32)
+        kept_mass = tl.full([], FIX, tl.float64)
+        if LOGPROBS:
+            m = tl.max(m_v, 0)
+            kept_mass = tl.sum(z_v.to(tl.float64) * tl.exp2((m_v - m) * c2).to(tl.float64),
+                               0) * FIX
+            # (an extreme temperature can overflow the groups' rescale: the exact path)
+            proved = proved & (kept_mass < POS_INF) & (kept_mass >= FIX)
+        if proved:
+            _finish(row_ptr, V, row, m, inv_t, token, x_tok, KEY_NEG_INF + 1, kept_mass,
+                    greedy, 1, 0, tokens_ptr, logprobs_ptr, probs_row, stats_row, PROBS,
+                    LOGPROBS, STATS, BLOCK)
+        if ~proved:  # rare: the bounds prove no winner, or the row holds +-inf
+            m, mode = _row_max_and_mode(row_ptr, V, RARE_BLOCK)
+            if mode == 0:
+                key_exact, token, x_tok = _exact_race(row_ptr, V, m, inv_t, seed, off_lo,
+                                                      off_hi, KEY_NEG_INF + 1, RARE_BLOCK)
+                passes = 3
+                if LOGPROBS:
+                    m_again, z = _first_pass(row_ptr, V, inv_t, hist_row, False, BIN_BITS,
+                                             BLOCK)
+                    kept_mass = z * FIX
+                    passes = 4
+                _finish(row_ptr, V, row, m, inv_t, token, x_tok, KEY_NEG_INF + 1, kept_mass,
+                        greedy, passes, 1, tokens_ptr, logprobs_ptr, probs_row, stats_row,
+                        PROBS, LOGPROBS, STATS, BLOCK)
+            else:
+                _special_row(row_ptr, V, row, mode, seed, off_lo, off_hi, 2, 1, tokens_ptr,
+                             logprobs_ptr, probs_row, stats_row, PROBS, LOGPROBS, STATS,
+                             RARE_BLOCK)
+    else:
+        # ---- filtered rows, and every non-greedy row of filtered_probs
+        m, z = _first_pass(row_ptr, V, inv_t, hist_row, HAS_TOP_K or HAS_TOP_P, BIN_BITS,
+                           BLOCK)
+        if (m == POS_INF) | (z == 0.0):  # rare: the row's max is +-inf (validate=False)
+            _special_row(row_ptr, V, row, tl.where(m == POS_INF, 1, 2), seed, off_lo, off_hi,
+                         1, 0, tokens_ptr, logprobs_ptr, probs_row, stats_row, PROBS,
+                         LOGPROBS, STATS, RARE_BLOCK)
+        elif plain:
+            # filtered_probs of a row with no filter: every finite token, pass 1's sum
+            _finish(row_ptr, V, row, m, inv_t, 0, m, KEY_NEG_INF + 1, z * FIX, greedy, 1, 0,
+                    tokens_ptr, logprobs_ptr, probs_row, stats_row, PROBS, LOGPROBS, STATS,
+                    BLOCK)
+        else:
+            token, kept_lo, kept_mass, passes, fallbacks = _filtered_row(
+                row_ptr, V, m, z, inv_t, k, k_on, p, p_on, m_on, log_mp, seed, offset,
+                scratch_row, binmass_row, hist_row, HAS_TOP_K, HAS_TOP_P, JOINT, PROBS,
+                LOGPROBS, BLOCK, BIN_BITS, CAP, CHUNK, RARE_BLOCK, MAX_PASSES, NOISE_TEST)
+            x_tok = m
+            if LOGPROBS:
+                x_tok = _sanitize(tl.load(row_ptr + token))
+            _finish(row_ptr, V, row, m, inv_t, token, x_tok, kept_lo, kept_mass, greedy,
+                    passes, fallbacks, tokens_ptr, logprobs_ptr, probs_row, stats_row, PROBS,
+                    LOGPROBS, STATS, BLOCK)
 
-    # ---- threshold search.  Window A brackets the top-k threshold key, window B the
-    # top-p one; each is [lo, hi] in keys with 2^BIN_BITS bins of width 2^shift, and is
-    # "done" once its threshold is exact.  Masses are fixed point (units of 2^-40).
-    key_max = _key(m)
+
+@_device
+def _finish(row_ptr, V, row, m, inv_t, token, x_tok, kept_lo, kept_mass, greedy, passes,
+            fallbacks, tokens_ptr, logprobs_ptr, probs_row, stats_row, PROBS: tl.constexpr,
+            LOGPROBS: tl.constexpr, STATS: tl.constexpr, BLOCK: tl.constexpr):
+    """A row's results: its token and log-prob (the kept set's exact mass kept_mass, fixed
+    point), or with PROBS its filtered_probs (one more pass: the kept set is key >=
+    kept_lo); and its pass and fallback counts."""
+    token = tl.cast(token, tl.int64)
+    passes = tl.cast(passes, tl.int32)
+    if PROBS:
+        _write_pass(row_ptr, V, m, inv_t, kept_lo, greedy, token, FIX / kept_mass, probs_row,
+                    BLOCK)
+        passes += 1
+    else:
+        tl.store(tokens_ptr + row, token)
+        if LOGPROBS:
+            logp = _scaled(x_tok, m, inv_t).to(tl.float64) - tl.log(kept_mass / FIX)
+            tl.store(logprobs_ptr + row, tl.where(greedy, 0.0, logp).to(tl.float32))
+    if STATS:
+        tl.store(stats_row, passes)
+        tl.store(stats_row + 1, tl.cast(fallbacks, tl.int32))
+
+
+@_device
+def _put(st, i, v):
+    """Slot i of the program's state area := v (an int, a bool or a float)."""
+    if v.dtype == tl.float64:
+        tl.store(st + i, v.to(tl.int64, bitcast=True))
+    elif v.dtype == tl.float32:
+        tl.store(st + i, v.to(tl.float64).to(tl.int64, bitcast=True))
+    else:
+        tl.store(st + i, v.to(tl.int64))
+
+
+@_device
+def _get_i(st, i):
+    return tl.load(st + i, volatile=True)
+
+
+@_device
+def _get_f(st, i):
+    return tl.load(st + i, volatile=True).to(tl.float64, bitcast=True)
+
+
+@_device
+def _get_f32(st, i):
+    return _get_f(st, i).to(tl.float32)
+
+
+@_device
+def _get_i32(st, i):
+    return tl.load(st + i, volatile=True).to(tl.int32)
+
+
+@_device
+def _get_b(st, i):
+    return tl.load(st + i, volatile=True) != 0
+
+
+@_device
+def _stash(st, a_done, a_lo, a_hi, a_shift, a_above, a_mass_lo, a_mass_hi, theta_k, b_done,
+           b_lo, b_hi, b_shift, b_above, b_mass_lo, b_mass_hi, theta_p, k_set_lo, k_set_hi,
+           k_set_known, exact_bins, refine_shift, z_lo, z_hi, key_mp, k, k_on, p, p_on,
+           seed, offset):
+    """The search's state to the program's state area for the length of a streaming pass:
+    kept in registers, the thirty-odd values would be live through the pass's loop."""
+    _put(st, 0, a_done)
+    _put(st, 1, a_lo)
+    _put(st, 2, a_hi)
+    _put(st, 3, a_shift)
+    _put(st, 4, a_above)
+    _put(st, 5, a_mass_lo)
+    _put(st, 6, a_mass_hi)
+    _put(st, 7, theta_k)
+    _put(st, 8, b_done)
+    _put(st, 9, b_lo)
+    _put(st, 10, b_hi)
+    _put(st, 11, b_shift)
+    _put(st, 12, b_above)
+    _put(st, 13, b_mass_lo)
+    _put(st, 14, b_mass_hi)
+    _put(st, 15, theta_p)
+    _put(st, 16, k_set_lo)
+    _put(st, 17, k_set_hi)
+    _put(st, 18, k_set_known)
+    _put(st, 19, exact_bins)
+    _put(st, 20, refine_shift)
+    _put(st, 21, z_lo)
+    _put(st, 22, z_hi)
+    _put(st, 23, key_mp)
+    _put(st, 24, k)
+    _put(st, 25, k_on)
+    _put(st, 26, p)
+    _put(st, 27, p_on)
+    _put(st, 28, seed)
+    _put(st, 29, offset)
+    tl.debug_barrier()
+
+
+@_device
+def _unstash(st):
+    """The search's state back from the program's state area (after a barrier, so that
+    the compiler reads it rather than keeping the values)."""
+    tl.debug_barrier()
+    return _get_b(st, 0), _get_i(st, 1), _get_i(st, 2), _get_i32(st, 3), _get_i32(st, 4), \
+        _get_f32(st, 5), _get_f32(st, 6), _get_i(st, 7), _get_b(st, 8), _get_i(st, 9), \
+        _get_i(st, 10), _get_i32(st, 11), _get_i32(st, 12), _get_f32(st, 13), \
+        _get_f32(st, 14), _get_i(st, 15), _get_f32(st, 16), _get_f32(st, 17), _get_b(st, 18), \
+        _get_b(st, 19), _get_i32(st, 20), _get_f32(st, 21), _get_f32(st, 22), _get_i(st, 23), \
+        _get_i(st, 24), _get_b(st, 25), _get_f(st, 26), _get_b(st, 27), _get_i(st, 28), \
+        _get_i(st, 29)
+
+
+@_device
+def _filtered_row(row_ptr, V, m, z, inv_t, k, k_on, p, p_on, m_on, log_mp, seed, offset,
+                  scratch_row, binmass_row, hist_row, HAS_TOP_K: tl.constexpr,
+                  HAS_TOP_P: tl.constexpr, JOINT: tl.constexpr, PROBS: tl.constexpr,
+                  LOGPROBS: tl.constexpr, BLOCK: tl.constexpr, BIN_BITS: tl.constexpr,
+                  CAP: tl.constexpr, CHUNK: tl.constexpr, RARE_BLOCK: tl.constexpr,
+                  MAX_PASSES: tl.constexpr, NOISE_TEST: tl.constexpr):
+    """The search, the collect pass and the race of a row with filters (or of a filtered
+    row of filtered_probs).  Returns (token, kept_lo, exact kept mass, passes,
+    fallbacks)."""
+    NB: tl.constexpr = 1 << BIN_BITS
+    TOP_K_FIRST: tl.constexpr = HAS_TOP_K and not JOINT
+    bins = tl.arange(0, NB)
+    st = scratch_row + CAP                          # the program's state area
+    passes = tl.full([], 1, tl.int32)               # pass 1 is read
+    no = k_on & ~k_on
+    key_max = _key(m).to(tl.int64)
+    key_mp = tl.full([], KEY_NEG_INF + 1, tl.int64)
+    if m_on:
+        key_mp = _min_p_key(m, inv_t, log_mp)
+    # The top-p normaliser K is Z (joint order, or no top-k) or the top-k set's mass.
+    # Until the collect pass every mass is a bound: pass 1's float32 sum bounds Z.
+    z_lo, z_hi = _sum_bounds(z, V, BLOCK)
+
+    # Bracket A holds the top-k threshold key, bracket B the top-p one: keys [lo, hi] in
+    # 2^BIN_BITS bins of width 2^shift (the span of the bracket's last histogram); "done"
+    # once the threshold is exact.
     a_done = ~k_on
     a_lo = tl.full([], 0, tl.int64)
     a_hi = tl.full([], 0xFFFFFFFF, tl.int64)
-    a_shift = tl.full([], 32 - BIN_BITS, tl.int64)
-    a_above = tl.full([], 0, tl.int64)              # tokens with keys above window A
+    a_shift = tl.full([], 32 - BIN_BITS, tl.int32)
+    a_above = tl.full([], 0, tl.int32)              # keys above bracket A's span
+    a_mass_lo = tl.full([], 0.0, tl.float32)        # their mass, bounded
+    a_mass_hi = tl.full([], 0.0, tl.float32)
     theta_k = tl.full([], 0, tl.int64)
     b_done = ~p_on
     b_lo = tl.full([], 0, tl.int64)
     b_hi = tl.full([], 0xFFFFFFFF, tl.int64)
-    b_shift = tl.full([], 32 - BIN_BITS, tl.int64)
+    b_shift = tl.full([], 32 - BIN_BITS, tl.int32)
+    b_above = tl.full([], 0, tl.int32)              # keys above bracket B's span
+    b_mass_lo = tl.full([], 0.0, tl.float32)        # their mass, bounded
+    b_mass_hi = tl.full([], 0.0, tl.float32)
     theta_p = tl.full([], 0, tl.int64)
-    hist_a = hist
-    hist_b = hist
-    z_lo = z * FIX * (1.0 - BOUND_SLACK) - V        # pass 1's normaliser, as bounds
-    z_hi = z * FIX * (1.0 + BOUND_SLACK) + V
-    z_fix = z_lo                                    # exact once a later pass streamed it
-    mass_above_a = tl.full([], 0.0, tl.float64)     # streamed: keys above window A
-    mass_above_b = tl.full([], 0.0, tl.float64)     # streamed: keys above window B
-    mass_ge_k = tl.full([], 0.0, tl.float64)        # streamed: keys >= theta_k
-    kept_mass = tl.full([], 0.0, tl.float64)        # streamed: the surely-kept tokens
-    best_key = tl.where(plain, best_key, NEG_INF)   # the race so far (pass 1's, if any)
-    n_gathered = tl.full([], 0, tl.int32)
-    exact = no                                      # masses above come from a full pass
-    classify = search
-    kind = tl.where(search, REFINE, tl.where(m_on, RACE, DONE))
+    k_set_lo = tl.full([], 0.0, tl.float32)         # the top-k set's mass, once a refine
+    k_set_hi = tl.full([], 0.0, tl.float32)         # summed it from theta_k
+    k_set_known = no
+    exact_bins = no                                 # B's last histogram has exact masses
+    refine_shift = tl.full([], 64, tl.int32)        # B's bin width at the last refine
+    n_a = tl.full([], 0, tl.int32)
+    n_b = tl.full([], 0, tl.int32)
+    searching = ~no
 
-    while (kind != DONE) & (passes < MAX_PASSES):
-        if classify:
-            # -- K: bounds on the top-p normaliser.  Z (joint order, or no top-k): bounds
-            # after pass 1, exact after any later pass.  The top-k set's mass
-            # (top_k_first): exact once theta_k is exact and a pass streamed it.
-            k_lo = tl.where(exact, z_fix, z_lo)
-            k_hi = tl.where(exact, z_fix, z_hi)
-            if HAS_TOP_K and not JOINT:
-                if k_on & a_done:
-                    k_lo = mass_ge_k
-                    k_hi = mass_ge_k
-            # -- window A (top-k): the bin of the k-th largest key, from exact counts.
-            n_a = tl.full([], 0, tl.int64)
-            if ~a_done:
-                bk, above_bk, cnt_bk, bk_lo, bk_hi = _top_k_window(
-                    hist_a, a_lo, a_hi, a_shift, a_above, k, NB)
-                if HAS_TOP_P and not JOINT:
-                    k_lo, k_hi = _top_k_mass_bounds(hist_a, a_lo, a_hi, a_shift, bk,
-                                                    k - above_bk, mass_above_a, key_max, m,
-                                                    inv_t, NB)
-                # exact when bk is a single key, or when all of bk is kept
-                a_done = (a_shift == 0) | (above_bk + cnt_bk == k)
-                theta_k = bk_lo
-                a_above = above_bk
-                a_lo = bk_lo
-                a_hi = bk_hi
-                a_shift = tl.maximum(a_shift - BIN_BITS, 0)
-                n_a = tl.where(a_done, 0, cnt_bk)
-            # -- window B (top-p): from each bin's mass, exact after a refine pass (its
-            # atomics), bounded from counts and bin edges after pass 1.
-            n_b = tl.full([], 0, tl.int64)
-            if ~b_done:
-                lo_key, hi_key = _bin_edges(b_lo, b_hi, b_shift, NB)
-                if exact:
-                    tl.debug_barrier()
-                    lo_m = tl.load(binmass_row + bins, cache_modifier=".cg").to(tl.float64)
-                    hi_m = lo_m
-                else:
-                    lo_m, hi_m, _ = _edge_bounds(hist_b, lo_key, hi_key, key_max, m, inv_t)
-                b_done, theta_p, new_lo, new_hi, n_b = _top_p_window(
-                    hist_b, lo_m, hi_m, b_lo, b_hi, b_shift, mass_above_b, p * k_lo,
-                    p * k_hi, a_lo, log_mp, key_max, m, inv_t, NB)
-                b_lo = new_lo
-                b_hi = new_hi
-                b_shift = _next_shift(b_lo, b_hi, BIN_BITS)
-                n_b = tl.where(b_done, 0, n_b)
-            kind = tl.where(a_done & b_done, RACE, tl.where(n_a + n_b <= CAP, GATHER, REFINE))
-            classify = no
+    while tl.condition(searching & (passes < MAX_PASSES), disable_licm=True):
+        # -- K: bounds on the top-p normaliser
+        k_lo = z_lo.to(tl.float64)
+        k_hi = z_hi.to(tl.float64)
+        if TOP_K_FIRST:
+            if k_on & k_set_known:
+                k_lo = k_set_lo.to(tl.float64)
+                k_hi = k_set_hi.to(tl.float64)
+        # -- bracket A (top-k): the bin of the k-th largest key, from exact counts.
+        n_a = tl.full([], 0, tl.int32)
+        tl.debug_barrier()
+        if ~a_done:
+            hist_a = tl.load(_here(hist_row) + NB + bins)
+            bk, above_bk, cnt_bk, bk_lo, bk_hi = _top_k_window(
+                hist_a, a_lo, a_hi, a_shift, a_above, k, NB)
+            if TOP_K_FIRST and HAS_TOP_P:
+                k_lo, k_hi = _top_k_mass_bounds(hist_a, a_lo, a_hi, a_shift, bk,
+                                                k - above_bk, a_mass_lo, a_mass_hi, key_max,
+                                                m, inv_t, NB)
+            # exact when bk is a single key, or when all of bk is kept
+            a_done = (a_shift == 0) | (above_bk + cnt_bk == k)
+            theta_k = bk_lo
+            a_above = above_bk.to(tl.int32)
+            a_lo = bk_lo
+            a_hi = bk_hi
+            n_a = tl.where(a_done, 0, cnt_bk).to(tl.int32)
+        # -- bracket B (top-p): each bin's mass bounded from its count and edges (exact
+        # after an exact-bins refine)
+        n_b = tl.full([], 0, tl.int32)
+        if ~b_done:
+            hist_b = tl.load(_here(hist_row) + 2 * NB + bins)
+            lo_m, hi_m, one_lo = _edge_bounds(hist_b, b_lo, b_hi, b_shift, key_max, m, inv_t,
+                                              NB)
+            if exact_bins:
+                lo_m = tl.load(_here(binmass_row) + bins, cache_modifier=".cg").to(tl.float64)
+                hi_m = lo_m
+            floor_key = tl.maximum(key_mp, tl.where(k_on, tl.where(a_done, theta_k, a_lo), 0))
+            b_done, theta_p, new_lo, new_hi, n_win, above_win = _top_p_window(
+                hist_b, lo_m, hi_m, b_lo, b_hi, b_shift, b_mass_lo, b_mass_hi, b_above,
+                p * k_lo, p * k_hi, floor_key, NB)
+            b_lo = new_lo
+            b_hi = new_hi
+            b_above = above_win.to(tl.int32)
+            b_shift = _next_shift(b_lo, b_hi, BIN_BITS)
+            n_b = tl.where(b_done, 0, n_win).to(tl.int32)
 
-        # ---- one streaming pass: exact masses; the race over the surely-kept tokens;
-        # finer histograms of the windows (refine) or their tokens to scratch (gather).
-        refine = kind == REFINE
-        gather = kind == GATHER
-        if refine & ~b_done:
-            tl.store(binmass_row + bins, tl.zeros([NB], tl.int64))
-            tl.debug_barrier()
-        # exact fixed-point sums, per lane until the end of the pass
-        z_acc = tl.zeros([BLOCK], tl.int64)
-        above_a_acc = tl.zeros([BLOCK], tl.int64)
-        above_b_acc = tl.zeros([BLOCK], tl.int64)
-        ge_k_acc = tl.zeros([BLOCK], tl.int64)
-        kept_acc = tl.zeros([BLOCK], tl.int64)
-        race_v = tl.full([BLOCK], NEG_INF, tl.float64)
-        race_i_v = tl.zeros([BLOCK], tl.int64)
-        race_x_v = tl.full([BLOCK], NEG_INF, tl.float32)
-        hist_a = tl.zeros([NB], tl.int32)
-        hist_b = tl.zeros([NB], tl.int32)
-        n_gathered = tl.full([], 0, tl.int32)
-        # Vector tests take scalar key bounds only: a done window is empty (lo > hi), and
-        # its tokens are surely kept from its threshold up; an open one from above it.
-        a_win_lo = tl.where(a_done, 1, a_lo)
-        a_win_hi = tl.where(a_done, 0, a_hi)
-        b_win_lo = tl.where(b_done, 1, b_lo)
-        b_win_hi = tl.where(b_done, 0, b_hi)
-        a_sure = tl.where(a_done, theta_k, a_hi + 1)
-        b_sure = tl.where(b_done, theta_p, b_hi + 1)
-        above_a_from = tl.where(a_done, KEY_NONE, a_hi + 1)
-        above_b_from = tl.where(b_done, KEY_NONE, b_hi + 1)
-        ge_k_from = tl.where(a_done, theta_k, KEY_NONE)
-        for start in range(0, V, BLOCK):  # stream: second
-            offs, msk, x, key, d = _tile(row_ptr, start, lanes, V, mode, m, inv_t)
-            fx = _fixed(d)                          # 0 for -inf and for lanes past V
-            z_acc += fx
-            in_a = msk & (key >= a_win_lo) & (key <= a_win_hi)
-            in_b = msk & (key >= b_win_lo) & (key <= b_win_hi)
-            above_a_acc += tl.where(key >= above_a_from, fx, 0)
-            above_b_acc += tl.where(key >= above_b_from, fx, 0)
-            ge_k_acc += tl.where(key >= ge_k_from, fx, 0)
-            sure = msk & (d >= log_mp) & (key >= a_sure) & (key >= b_sure)
-            kept_acc += tl.where(sure, fx, 0)
-            if not PROBS:
-                if ~refine:
-                    g = _gumbel(seed, offset, offs.to(tl.int64))
-                    rk = tl.where(sure, _race_key(x, m, inv_t64, g), NEG_INF)
-                    win = rk > race_v
-                    race_v = tl.where(win, rk, race_v)
-                    race_i_v = tl.where(win, offs.to(tl.int64), race_i_v)
-                    race_x_v = tl.where(win, x, race_x_v)
-            if refine:
-                if ~a_done:
-                    ba = tl.where(in_a, (key - a_lo) >> a_shift, 0).to(tl.int32)
-                    hist_a += tl.histogram(ba, NB, mask=in_a)
-                if ~b_done:
-                    bb = tl.where(in_b, (key - b_lo) >> b_shift, 0).to(tl.int32)
-                    hist_b += tl.histogram(bb, NB, mask=in_b)
-                    tl.atomic_add(binmass_row + bb, fx, mask=in_b)
-            if gather:
-                take = in_a | in_b
-                pos = n_gathered + tl.cumsum(take.to(tl.int32), 0) - 1
-                ok = take & (pos < CAP)             # the counts guarantee pos < CAP
-                tl.store(scratch_row + pos, key, mask=ok)
-                tl.store(scratch_row + CAP + pos, offs.to(tl.int64), mask=ok)
-                n_gathered += tl.sum(take.to(tl.int32), 0)
-        passes += 1
-        z_fix = tl.sum(z_acc, 0).to(tl.float64)
-        mass_above_a = tl.sum(above_a_acc, 0).to(tl.float64)
-        mass_above_b = tl.sum(above_b_acc, 0).to(tl.float64)
-        mass_ge_k = tl.sum(ge_k_acc, 0).to(tl.float64)
-        kept_mass = tl.sum(kept_acc, 0).to(tl.float64)
-        exact = ~no
-        if not PROBS:
-            if ~refine:
-                best_key = tl.max(race_v, 0)
-                best_idx = tl.min(tl.where(race_v == best_key, race_i_v, KEY_NONE), 0)
-                won = (race_v == best_key) & (race_i_v == best_idx)
-                best_x = tl.sum(tl.where(won, race_x_v, 0.0), 0)
+        searching = n_a + n_b > CAP
+        if searching:
+            # ---- refine: finer histograms of the brackets, and bounds on the masses
+            # above them; exact bin masses when the last refine gained no resolution
+            exact_bins = ~b_done & (b_shift >= refine_shift)
+            refine_shift = b_shift
+            a_shift = tl.where(a_done, a_shift, _next_shift(a_lo, a_hi, BIN_BITS)).to(tl.int32)
+            if exact_bins:
+                tl.store(_here(binmass_row) + bins, tl.zeros([NB], tl.int64))
+            k_from = tl.full([], 0, tl.int64)               # K = Z ...
+            if TOP_K_FIRST:
+                k_from = tl.where(k_on, tl.where(a_done, theta_k, a_hi + 1), 0)   # ... or not
+            _put(st, 30, k_from)
+            _stash(st, a_done, a_lo, a_hi, a_shift, a_above, a_mass_lo, a_mass_hi, theta_k,
+                   b_done, b_lo, b_hi, b_shift, b_above, b_mass_lo, b_mass_hi, theta_p,
+                   k_set_lo, k_set_hi, k_set_known, exact_bins, refine_shift, z_lo, z_hi,
+                   key_mp, k, k_on, p, p_on, seed, offset)
+            if exact_bins:  # rare: a count refine that gained no resolution
+                k_sum, b_sum, k_exact, b_exact = _refine_pass(
+                    row_ptr, V, m, inv_t, ~a_done, a_lo, a_hi, a_shift, ~b_done, b_lo, b_hi,
+                    b_shift, n_b, k_from, b_hi + 1, binmass_row, hist_row, TOP_K_FIRST, True,
+                    BIN_BITS, RARE_BLOCK)
+            else:
+                k_sum, b_sum, k_exact, b_exact = _refine_pass(
+                    row_ptr, V, m, inv_t, ~a_done, a_lo, a_hi, a_shift, ~b_done, b_lo, b_hi,
+                    b_shift, n_b, k_from, b_hi + 1, binmass_row, hist_row, TOP_K_FIRST, False,
+                    BIN_BITS, BLOCK)
+            passes += 1
+            a_done, a_lo, a_hi, a_shift, a_above, a_mass_lo, a_mass_hi, theta_k, b_done, \
+                b_lo, b_hi, b_shift, b_above, b_mass_lo, b_mass_hi, theta_p, k_set_lo, \
+                k_set_hi, k_set_known, exact_bins, refine_shift, z_lo, z_hi, key_mp, k, \
+                k_on, p, p_on, seed, offset = _unstash(st)
+            k_from = _get_i(st, 30)
+            sum_lo, sum_hi = _sum_bounds(k_sum, V, BLOCK)
+            ex_lo, ex_hi = _bounds32(k_exact.to(tl.float64), k_exact.to(tl.float64))
+            sum_lo = tl.where(exact_bins, ex_lo, sum_lo)
+            sum_hi = tl.where(exact_bins, ex_hi, sum_hi)
+            if k_from == 0:
+                if exact_bins:                   # (a count refine keeps pass 1's bounds)
+                    z_lo = sum_lo
+                    z_hi = sum_hi
+            elif a_done:
+                k_set_lo = sum_lo
+                k_set_hi = sum_hi
+                k_set_known = ~no
+            else:
+                a_mass_lo = sum_lo
+                a_mass_hi = sum_hi
+            b_mass_lo, b_mass_hi = _sum_bounds(b_sum, V, BLOCK)
+            ex_lo, ex_hi = _bounds32(b_exact.to(tl.float64), b_exact.to(tl.float64))
+            b_mass_lo = tl.where(exact_bins, ex_lo, b_mass_lo)
+            b_mass_hi = tl.where(exact_bins, ex_hi, b_mass_hi)
 
-        if gather:
-            # ---- exact, sort-free search over the gathered tokens (at most CAP): for each
-            # one, the count of window-A tokens and the mass of window-B tokens with a
-            # strictly larger key, summed over the others CHUNK at a time.  Tied tokens get
-            # equal sums, so ties fall on the same side of both thresholds.
-            tl.debug_barrier()
-            valid = slots < n_gathered
-            keys_u = tl.load(scratch_row + slots, mask=valid, other=-1)
-            idx_u = tl.load(scratch_row + CAP + slots, mask=valid, other=0)
-            in_a_u = valid & (keys_u >= a_win_lo) & (keys_u <= a_win_hi)
-            in_b_u = valid & (keys_u >= b_win_lo) & (keys_u <= b_win_hi)
-            larger_a = tl.zeros([CAP], tl.int64)
-            larger_b_mass = tl.zeros([CAP], tl.int64)
-            for j0 in range(0, n_gathered, CHUNK):
-                cj = j0 + tl.arange(0, CHUNK)
-                vj = cj < n_gathered
-                kj = tl.load(scratch_row + cj, mask=vj, other=-1)
-                fj = tl.where(vj, _fixed(_scaled(_unkey(tl.where(vj, kj, KEY_NEG_INF)), m,
-                                                 inv_t)), 0)
-                aj = vj & (kj >= a_win_lo) & (kj <= a_win_hi)
-                bj = vj & (kj >= b_win_lo) & (kj <= b_win_hi)
-                larger = kj[None, :] > keys_u[:, None]                  # [CAP, CHUNK]
-                larger_a += tl.sum(tl.where(larger & aj[None, :], 1, 0), 1).to(tl.int64)
-                larger_b_mass += tl.sum(tl.where(larger & bj[None, :], fj[None, :], 0), 1)
-            if ~a_done:
-                # in the top-k set iff fewer than k tokens are strictly larger
-                in_top_k = in_a_u & (a_above + larger_a < k)
-                theta_k = tl.min(tl.where(in_top_k, keys_u, KEY_NONE), 0)
-                f_a = tl.where(in_top_k, _fixed(_scaled(_unkey(tl.where(in_a_u, keys_u,
-                                                                        KEY_NEG_INF)),
-                                                        m, inv_t)), 0)
-                mass_ge_k = mass_above_a + tl.sum(f_a, 0).to(tl.float64)
-                a_done = ~no
-            if ~b_done:
-                # kept by top-p iff the mass strictly above is below p * K
-                k_norm = z_fix
-                if HAS_TOP_K and not JOINT:
-                    k_norm = tl.where(k_on, mass_ge_k, z_fix)
-                strictly_above = mass_above_b + larger_b_mass.to(tl.float64)
-                keep_b = in_b_u & (strictly_above < p * k_norm)
-                theta_p = tl.min(tl.where(keep_b, keys_u, b_hi + 1), 0)
-                b_done = ~no
-            x_u = _unkey(tl.where(valid, keys_u, KEY_NEG_INF))
-            d_u = _scaled(x_u, m, inv_t)
-            kept_u = valid & (keys_u >= theta_k) & (keys_u >= theta_p) \
-                & (d_u >= log_mp)
-            kept_mass += tl.sum(tl.where(kept_u, _fixed(d_u), 0), 0).to(tl.float64)
-            if not PROBS:
-                g_u = _gumbel(seed, offset, idx_u)
-                rk_u = tl.where(kept_u, _race_key(x_u, m, inv_t64, g_u), NEG_INF)
-                t_best = tl.max(rk_u, 0)
-                sel = slots == tl.argmax(rk_u, 0)
-                t_idx = tl.sum(tl.where(sel, idx_u, 0), 0)
-                win = (t_best > best_key) | ((t_best == best_key) & (t_idx < best_idx))
-                best_key = tl.where(win, t_best, best_key)
-                best_idx = tl.where(win, t_idx, best_idx)
-                best_x = tl.where(win, tl.sum(tl.where(sel, x_u, 0.0), 0), best_x)
-        classify = kind == REFINE
-        kind = tl.where(kind == REFINE, kind, DONE)
-
-    # ---- results.  The kept mass is pass 1's normaliser for a row with no filter.
-    kept_nat = tl.where(plain, z, kept_mass / FIX)
-    if PROBS:
-        for start in range(0, V, BLOCK):  # stream: write
-            offs, msk, x, key, d = _tile(row_ptr, start, lanes, V, mode, m, inv_t)
-            keep = (d >= log_mp) & (key >= theta_k) & (key >= theta_p)
-            prob = tl.where(keep, (tl.exp(d).to(tl.float64) / kept_nat).to(tl.float32), 0.0)
-            prob = tl.where(greedy, tl.where(offs == arg, 1.0, 0.0), prob)
-            tl.store(probs_ptr + row * V + offs, prob, mask=msk)
-        passes += 1
+    # ---- collect: every token whose status or mass still matters goes to the scratch:
+    # the brackets and every key above the lower one.  With more of them than the
+    # scratch holds, only the brackets, and the masses above them streamed.
+    need_k_mass = no
+    need_z = no
+    if TOP_K_FIRST:
+        need_k_mass = ~b_done & k_on
+        need_z = ~b_done & ~k_on
     else:
-        tl.store(tokens_ptr + row, tl.where(greedy, arg, best_idx))
-        if LOGPROBS:
-            d_tok = _scaled(best_x, m, inv_t).to(tl.float64)
-            logp = tl.where(greedy, 0.0, d_tok - tl.log(kept_nat))
-            tl.store(logprobs_ptr + row, logp.to(tl.float32))
-    if STATS:
-        tl.store(stats_ptr + row, passes)
+        need_z = ~b_done
+    theta_k_lo = tl.where(a_done, theta_k, a_lo)
+    kept_lo = tl.maximum(tl.maximum(tl.where(k_on, theta_k_lo, 0),
+                                    tl.where(p_on, tl.where(b_done, theta_p, b_lo), 0)), key_mp)
+    cand_lo = kept_lo
+    cand_lo = tl.where(~a_done, tl.minimum(cand_lo, a_lo), cand_lo)
+    cand_lo = tl.where(need_k_mass, tl.minimum(cand_lo, theta_k_lo), cand_lo)
+    cand_lo = tl.where(~b_done, tl.minimum(cand_lo, b_lo), cand_lo)
+    # keys >= cand_lo: exact where a bracket sets it, else pass 1's bins
+    n_cand = tl.full([], 0, tl.int64)     # min-p alone has no histogram
+    if HAS_TOP_K or HAS_TOP_P:
+        n_cand = tl.sum(tl.where(bins.to(tl.int64) >= (cand_lo >> (32 - BIN_BITS)),
+                                 tl.load(_here(hist_row) + bins), 0), 0).to(tl.int64)
+    n_cand = tl.where(~a_done & (cand_lo == a_lo), a_above + n_a, n_cand)
+    n_cand = tl.where(~b_done & (cand_lo == b_lo), b_above + n_b, n_cand)
+    from_a = tl.where(a_done, theta_k, a_hi + 1)
+    dense = n_cand > CAP
+    n = tl.full([], 0, tl.int32)
+    s_a = tl.full([], 0.0, tl.float64)          # exact mass at or above from_a
+    s_b = tl.full([], 0.0, tl.float64)          # exact mass above bracket B
+    z_exact = tl.full([], 0.0, tl.float64)      # exact Z, when top-p needs it
+    _stash(st, a_done, a_lo, a_hi, a_shift, a_above, a_mass_lo, a_mass_hi, theta_k, b_done,
+           b_lo, b_hi, b_shift, b_above, b_mass_lo, b_mass_hi, theta_p, k_set_lo, k_set_hi,
+           k_set_known, exact_bins, refine_shift, z_lo, z_hi, key_mp, k, k_on, p, p_on, seed,
+           offset)
+    if ~dense:
+        n, zc, unused_a, unused_b = _collect_pass(
+            row_ptr, V, m, inv_t, cand_lo, KEY_NONE, KEY_NONE, 0, need_z, 0, 0, scratch_row,
+            hist_row + 3 * NB, False, CAP, CHUNK, BLOCK)
+        passes += 1
+        z_exact = zc.to(tl.float64)
+        dense = n > CAP
+    if dense:  # rare: more tokens may be kept than the scratch holds
+        n, zc, above_a, above_b = _collect_pass(
+            row_ptr, V, m, inv_t, tl.where(a_done, KEY_NONE, a_lo), tl.where(a_done, 0, a_hi),
+            tl.where(b_done, KEY_NONE, b_lo), tl.where(b_done, 0, b_hi), need_z, from_a,
+            b_hi + 1, scratch_row, hist_row + 3 * NB, True, CAP, CHUNK, RARE_BLOCK)
+        passes += 1
+        z_exact = zc.to(tl.float64)
+        s_a = above_a.to(tl.float64)
+        s_b = above_b.to(tl.float64)
+    a_done, a_lo, a_hi, a_shift, a_above, a_mass_lo, a_mass_hi, theta_k, b_done, b_lo, b_hi, \
+        b_shift, b_above, b_mass_lo, b_mass_hi, theta_p, k_set_lo, k_set_hi, k_set_known, \
+        exact_bins, refine_shift, z_lo, z_hi, key_mp, k, k_on, p, p_on, seed, \
+        offset = _unstash(st)
+    if ~dense:
+        s_a = _scratch_mass(scratch_row, n, m, inv_t, from_a, KEY_NONE, CHUNK)
+        s_b = _scratch_mass(scratch_row, n, m, inv_t, b_hi + 1, KEY_NONE, CHUNK)
+    # ---- the exact thresholds, from the scratch
+    if ~a_done:
+        theta_k = _scratch_top_k(scratch_row, n, k, a_lo, a_hi, a_above, BIN_BITS, CHUNK)
+        # the top-k set's mass: above bracket A (s_a) and bracket A's kept keys
+        s_a += _scratch_mass(scratch_row, n, m, inv_t, theta_k, a_hi, CHUNK)
+    if ~b_done:
+        k_norm = z_exact
+        if TOP_K_FIRST:
+            k_norm = tl.where(k_on, s_a, z_exact)
+        theta_p = _scratch_top_p(scratch_row, binmass_row, n, m, inv_t, b_lo, b_hi, s_b,
+                                 b_above, p * k_norm,
+                                 tl.maximum(key_mp, tl.where(k_on, theta_k, 0)), BIN_BITS,
+                                 CHUNK)
+    kept_lo = tl.maximum(tl.maximum(tl.where(k_on, theta_k, 0), tl.where(p_on, theta_p, 0)),
+                         key_mp)
+    off_lo = (offset & 0xFFFFFFFF).to(tl.uint32)
+    off_hi = ((offset >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    # ---- the race over the kept tokens, and their exact mass
+    token = tl.full([], 0, tl.int32)
+    kept_mass = tl.full([], FIX, tl.float64)
+    proved = ~no
+    if dense:  # rare: more tokens may be kept than the scratch holds
+        ub_v, kept_fix = _kept_race_pass(row_ptr, V, seed, off_lo, off_hi, m, inv_t,
+                                         BIAS_2_32 - m * inv_t, kept_lo, LOGPROBS or PROBS,
+                                         NOISE_TEST, BLOCK)
+        passes += 1
+        kept_mass = kept_fix.to(tl.float64)
+        if not PROBS:
+            proved, key_won, token, x_won = _settle(ub_v, m, inv_t, row_ptr, scratch_row, V,
+                                                    kept_lo, seed, off_lo, off_hi, False,
+                                                    BLOCK)
+    else:
+        kept_mass = _scratch_mass(scratch_row, n, m, inv_t, kept_lo, KEY_NONE, CHUNK)
+        if not PROBS:
+            proved, key_won, token, x_won = _scratch_race(scratch_row, n, m, inv_t, kept_lo,
+                                                          seed, off_lo, off_hi, NOISE_TEST,
+                                                          CHUNK)
+    fallbacks = tl.full([], 0, tl.int32)
+    if ~proved:  # rare: the bounds prove no winner
+        fallbacks += 1
+        key_exact, token, x_exact = _exact_race(row_ptr, V, m, inv_t, seed, off_lo, off_hi,
+                                                kept_lo, RARE_BLOCK)
+        passes += 1
+    return token, kept_lo, kept_mass, passes, fallbacks
 
 
 # ----------------------------------------------------------------------------- launcher
 
-DEFAULT_BIN_BITS = 11
-DEFAULT_CAP = 1024
+DEFAULT_BIN_BITS = 10
+DEFAULT_CAP = 4096
+RARE_TILE = 512
+CHUNK_TILE = 1024
 
 
 def _sizes_for(vocab: int):
@@ -677,10 +1533,9 @@ def _sizes_for(vocab: int):
 
     The tile is the whole row for small V, else 4096 lanes (16 KB of float32).  Small
     vocabularies get a histogram and a scratch no larger than the row: with CAP >= V every
-    bracket fits, so no refine pass runs, and no program carries 2^11-bin vectors for a
-    9-token row.  The tokens never depend on these sizes.
+    bracket fits, so no refine pass runs.  The tokens never depend on these sizes.
     """
-    v2 = triton.next_power_of_2(vocab)
+    v2 = max(16, triton.next_power_of_2(vocab))
     bits = min(DEFAULT_BIN_BITS, max(4, v2.bit_length() - 1))
     return min(4096, v2), bits, min(DEFAULT_CAP, v2)
 
@@ -698,10 +1553,10 @@ def _scalar_or_tensor(v, dtype, dummy):
 
 
 def max_passes(bin_bits: int) -> int:
-    """The kernel's cap on full-row reads of one row, 4 + 3 * ceil(32 / bin_bits): far
+    """The kernel's cap on full-row reads of one row, 6 + 2 * ceil(32 / bin_bits): far
     above anything measured (docs/design.md, "Worst case"); the tests assert no row
     reaches it."""
-    return 4 + 3 * -(-32 // bin_bits)
+    return 6 + 2 * -(-32 // bin_bits)
 
 
 @functools.lru_cache(maxsize=None)
@@ -715,16 +1570,17 @@ def _programs_for(device: torch.device) -> int:
 
 def kernel_args(a, probs_mode: bool, *, return_logprobs: bool = True, block: int = None,
                 bin_bits: int = None, cap: int = None, programs: int = None,
-                stats: bool = False):
+                stats: bool = False, noise_test: int = 0):
     """The launch of a checked call (see fused_sampler._args.Call), without launching it.
 
     Returns (grid, args, constexprs and launch options, outputs) where outputs are
-    (tokens int64 [B], logprobs float32 [B], probs float32 [B, V], passes int32 [B]), the
-    unrequested ones a 1-element dummy.  ``block``, ``bin_bits`` and ``cap`` override the
-    tile width, the histogram resolution and the scratch capacity (tests shrink them so
-    that every multi-tile, refine and gather path runs on small inputs); ``programs`` the
-    number of programs sharing the rows (each owns one scratch); ``stats`` counts the
-    full-row reads each row made.
+    (tokens int64 [B], logprobs float32 [B], probs float32 [B, V], stats int32 [B, 2]),
+    the unrequested ones a 1-element dummy.  ``block``, ``bin_bits`` and ``cap`` override
+    the tile width, the histogram resolution and the scratch capacity (tests shrink them
+    so that every multi-tile, refine and collect path runs on small inputs); ``programs``
+    the number of programs sharing the rows (each owns one scratch); ``stats`` records
+    each row's full-row reads and exact fallbacks; ``noise_test`` (tests only) loosens
+    (1) or spoils (2) the race's cheap bounds.
     """
     x = a.logits
     B, V = x.shape
@@ -746,25 +1602,30 @@ def kernel_args(a, probs_mode: bool, *, return_logprobs: bool = True, block: int
     logprobs = torch.empty(B, dtype=torch.float32, device=dev) if return_logprobs else dummy
     probs = torch.empty(B, V, dtype=torch.float32, device=dev) if probs_mode else dummy
     grid = min(B, programs or _programs_for(dev))
-    scratch = torch.empty(grid, 2 * cap, dtype=torch.int64, device=dev) if has_k or has_p \
-        else dummy
+    # per program: the scratch (cap entries) and the search's state area (32 slots)
+    scratch = torch.empty(grid, cap + 32, dtype=torch.int64, device=dev) \
+        if has_k or has_p or has_m else dummy
     binmass = torch.empty(grid, 1 << bin_bits, dtype=torch.int64, device=dev) if has_p \
         else dummy
-    passes = torch.empty(B, dtype=torch.int32, device=dev) if stats else dummy
+    hists = torch.empty(grid, (3 << bin_bits) + block if has_k or has_p or has_m else 1,
+                        dtype=torch.int32, device=dev)
+    stats_out = torch.empty(B, 2, dtype=torch.int32, device=dev) if stats else dummy
     args = (x, x.stride(0), V, B,
             temp_ptr, temp_val, k_ptr, k_val, p_ptr, p_val, mp_ptr, mp_val,
             seed_ptr, seed_val, off_ptr, off_val,
-            tokens, logprobs, probs, scratch, binmass, passes)
+            tokens, logprobs, probs, scratch, binmass, hists, stats_out)
     consts = dict(
         TEMP_T=temp_t, TOPK_T=k_t, TOPP_T=p_t, MINP_T=mp_t, SEED_T=seed_t, OFFSET_T=off_t,
         HAS_TOP_K=has_k, HAS_TOP_P=has_p, HAS_MIN_P=has_m, JOINT=a.order == "joint",
-        PROBS=probs_mode, LOGPROBS=return_logprobs, STATS=stats,
-        BLOCK=block, BIN_BITS=bin_bits, CAP=cap, CHUNK=min(16, cap),
-        MAX_PASSES=max_passes(bin_bits))
+        PROBS=probs_mode, LOGPROBS=return_logprobs and not probs_mode, STATS=stats,
+        BLOCK=block, BIN_BITS=bin_bits, CAP=cap, CHUNK=min(CHUNK_TILE, cap, block),
+        RARE_BLOCK=min(RARE_TILE, block),
+        MAX_PASSES=max_passes(bin_bits), NOISE_TEST=noise_test)
     # No FMA contraction: the kernel's float32 / float64 arithmetic must round as the
-    # reference's separate operations do (Triton 3.9 still fuses by default).
-    options = dict(num_warps=8 if block >= 2048 else 4, enable_fp_fusion=False)
-    return (grid,), args, {**consts, **options}, (tokens, logprobs, probs, passes)
+    # reference's separate operations do (Triton 3.9 still fuses by default); the race's
+    # bounds use explicit fma where they want one.
+    options = dict(num_warps=max(4, min(16, block // 256)), enable_fp_fusion=False)
+    return (grid,), args, {**consts, **options}, (tokens, logprobs, probs, stats_out)
 
 
 def launch(a, probs_mode: bool, *, return_logprobs: bool = True, stats: bool = False,
@@ -772,18 +1633,18 @@ def launch(a, probs_mode: bool, *, return_logprobs: bool = True, stats: bool = F
     """Run the kernel on a checked call (arguments as in :func:`kernel_args`).
 
     Returns (tokens int64 [B], logprobs float32 [B] or None, probs float32 [B, V] or None,
-    passes int32 [B] or None).
+    passes int32 [B] or None, exact fallbacks int32 [B] or None).
     """
-    grid, args, kwargs, (tokens, logprobs, probs, passes) = kernel_args(
+    grid, args, kwargs, (tokens, logprobs, probs, stats_out) = kernel_args(
         a, probs_mode, return_logprobs=return_logprobs, stats=stats, **sizes)
     _sample_kernel[grid](*args, **kwargs)
     return (tokens, logprobs if return_logprobs else None, probs if probs_mode else None,
-            passes if stats else None)
+            stats_out[:, 0] if stats else None, stats_out[:, 1] if stats else None)
 
 
-def sample(a):
-    """(tokens, logprobs) for a checked call."""
-    tokens, logprobs, _, _ = launch(a, probs_mode=False)
+def sample(a, return_logprobs: bool = True):
+    """(tokens, logprobs or None) for a checked call."""
+    tokens, logprobs, *_ = launch(a, probs_mode=False, return_logprobs=return_logprobs)
     return tokens, logprobs
 
 

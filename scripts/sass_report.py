@@ -59,23 +59,24 @@ class Spec:
 
 
 _T07 = dict(temperature=0.7)
+_TWO = ("first", "collect")
 SPECS = (
-    Spec("plain fp32", {}),
-    Spec("plain bf16", {}, torch.bfloat16),
-    Spec("plain+logprobs fp32", {}, logprobs=True),
-    Spec("greedy mix fp32", dict(temperature="mix")),
-    Spec("min_p fp32", dict(min_p=0.05), typical=("first", "second")),
-    Spec("top_k fp32", dict(top_k=50), typical=("first", "second")),
-    Spec("top_p fp32", dict(top_p=0.95), typical=("first", "second", "second")),
-    Spec("top_k_top_p fp32", dict(_T07, top_k=50, top_p=0.9), typical=("first", "second")),
-    Spec("top_k_top_p bf16", dict(_T07, top_k=50, top_p=0.9), torch.bfloat16,
-         typical=("first", "second")),
+    Spec("plain fp32", {}, typical=("race",)),
+    Spec("plain bf16", {}, torch.bfloat16, typical=("race",)),
+    Spec("plain+logprobs fp32", {}, logprobs=True, typical=("race",)),
+    Spec("plain+logprobs bf16", {}, torch.bfloat16, logprobs=True, typical=("race",)),
+    Spec("greedy mix fp32", dict(temperature="mix"), typical=("race",)),
+    Spec("min_p fp32", dict(min_p=0.05), typical=_TWO),
+    Spec("top_k fp32", dict(top_k=50), typical=_TWO),
+    Spec("top_p fp32", dict(top_p=0.95), typical=("first", "refine", "collect")),
+    Spec("top_k_top_p fp32", dict(_T07, top_k=50, top_p=0.9), typical=_TWO),
+    Spec("top_k_top_p bf16", dict(_T07, top_k=50, top_p=0.9), torch.bfloat16, typical=_TWO),
     Spec("top_k_top_p joint fp32", dict(_T07, top_k=50, top_p=0.9, order="joint"),
-         typical=("first", "second")),
+         typical=_TWO),
     Spec("all filters+logprobs fp32", dict(_T07, top_k=50, top_p=0.9, min_p=0.02),
-         logprobs=True, typical=("first", "second")),
+         logprobs=True, typical=_TWO),
     Spec("filtered_probs fp32", dict(_T07, top_k=50, top_p=0.9), probs=True,
-         typical=("first", "second", "write")),
+         typical=("first", "collect", "write")),
 )
 
 
@@ -103,7 +104,7 @@ _TARGET = re.compile(r"`\((\.L_x_\d+)\)")
 class Instr:
     addr: int
     text: str
-    lines: frozenset      # kernel-file source lines of every inlining frame
+    lines: tuple          # kernel-file source lines of its inlining frames, innermost first
 
     @property
     def op(self):
@@ -111,25 +112,43 @@ class Instr:
         return t.split()[0] if t else ""
 
 
-def disassemble(cubin: bytes):
-    """[Instr] and {label: address} of a cubin, with each instruction's source lines."""
+def _nvdisasm(cubin: bytes, *flags):
     tool = os.path.join(os.path.dirname(compile_check.triton.__file__), "backends", "nvidia",
                         "bin", "nvdisasm")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        text = subprocess.run([tool, "-c", "-gi", f.name], capture_output=True, text=True,
+        return subprocess.run([tool, "-c", *flags, f.name], capture_output=True, text=True,
                               check=True).stdout
+
+
+_LIVE = re.compile(r"/\*([0-9a-f]{4,})\*/.*//\s*\|\s*(\d+)\s*\|")
+
+
+def live_registers(cubin: bytes):
+    """{address: general registers live there} (nvdisasm's life ranges; it refuses a
+    kernel at 255 registers: then {})."""
+    try:
+        text = _nvdisasm(cubin, "-lrm", "count")
+    except subprocess.CalledProcessError:
+        return {}
+    return {int(m.group(1), 16): int(m.group(2))
+            for m in map(_LIVE.search, text.splitlines()) if m}
+
+
+def disassemble(cubin: bytes):
+    """[Instr] and {label: address} of a cubin, with each instruction's source lines."""
+    text = _nvdisasm(cubin, "-gi")
     kernel_file = os.path.realpath(sampler.__file__)
-    instrs, labels, chain, chain_done = [], {}, set(), True
+    instrs, labels, chain, chain_done = [], {}, [], True
     for raw in text.splitlines():
         m = _LINE.search(raw)
         if m:
             if chain_done:
-                chain, chain_done = set(), False
+                chain, chain_done = [], False
             for file, line in ((m.group(1), m.group(2)), (m.group(3), m.group(4))):
-                if file and os.path.realpath(file) == kernel_file:
-                    chain.add(int(line))
+                if file and os.path.realpath(file) == kernel_file and int(line) not in chain:
+                    chain.append(int(line))
             continue
         m = _LABEL.match(raw.strip())
         if m:
@@ -138,7 +157,7 @@ def disassemble(cubin: bytes):
         m = _INSTR.search(raw)
         if m:
             chain_done = True
-            ins = Instr(int(m.group(1), 16), m.group(2), frozenset(chain))
+            ins = Instr(int(m.group(1), 16), m.group(2), tuple(chain))
             for lab, addr in labels.items():
                 if addr is None:
                     labels[lab] = ins.addr
@@ -148,7 +167,8 @@ def disassemble(cubin: bytes):
 
 def _marked_spans(marker):
     """{name: (first, last) line} of the statements whose first line carries ``# marker:``
-    (for a ``for`` or an ``if``: its body's lines)."""
+    (for a ``for`` or an ``if``: its body's lines).  A stream marker may name its tile when
+    it is not BLOCK: ``# stream: refine (tile RARE_BLOCK)``; see :func:`stream_tiles`."""
     path = sampler.__file__
     src = open(path).read()
     lines = src.splitlines()
@@ -159,8 +179,17 @@ def _marked_spans(marker):
             if m:
                 name = m.group(1).strip() or f"line {node.lineno}"
                 spans[f"{name} (line {node.lineno})" if marker == "rare" else name] = \
-                    (node.lineno, node.end_lineno)
+                    (node.body[0].lineno, node.body[-1].end_lineno)
     return spans
+
+
+def stream_tiles():
+    """{stream name: constexpr naming its tile width} (BLOCK unless the marker says)."""
+    out = {}
+    for name in _marked_spans("stream"):
+        m = re.match(r"(.*?)\s*\(tile (\w+)\)$", name)
+        out[m.group(1) if m else name] = m.group(2) if m else "BLOCK"
+    return out
 
 
 def loops(instrs, labels):
@@ -202,9 +231,11 @@ class Loop:
     per_element: float = 0.0
 
 
-def stream_loops(instrs, labels, elements, warps):
-    """The SASS loops of the marked streaming loops, with their costs."""
-    streams = _marked_spans("stream")
+def stream_loops(instrs, labels, constexprs, warps):
+    """The SASS loops of the marked streaming loops, with their costs (elements per
+    iteration: the stream's tile, a constexpr of the launch)."""
+    streams = {re.sub(r"\s*\(tile \w+\)$", "", k): v for k, v in _marked_spans("stream").items()}
+    tiles = stream_tiles()
     rare = _marked_spans("rare")
     out = []
     for start, end in loops(instrs, labels):
@@ -227,7 +258,7 @@ def stream_loops(instrs, labels, elements, warps):
                 counts[k] = counts.get(k, 0) + 1
         common = sum(1 for r in is_rare if not r)
         out.append(Loop(name, start, end, common, len(body) - common, counts,
-                        common * warps * 32 / elements))
+                        common * warps * 32 / constexprs[tiles[name]]))
     return out
 
 
@@ -297,16 +328,20 @@ def analyse(spec: Spec, arch=90):
     _, _, kwargs, _ = sampler.kernel_args(a, spec.probs, return_logprobs=spec.logprobs)
     warps, block = kwargs["num_warps"], kwargs["BLOCK"]
     instrs, labels = disassemble(kernel.asm["cubin"])
-    found = stream_loops(instrs, labels, block, warps)
+    found = stream_loops(instrs, labels, kwargs, warps)
+    live = live_registers(kernel.asm["cubin"])
+    peak = max(live.values()) if live else 0
+    peak_lines = sorted({i.lines[0] for i in instrs if live.get(i.addr) == peak and i.lines})
     return dict(spec=spec.name, dtype=str(spec.dtype).replace("torch.", ""), warps=warps,
                 block=block, shared=kernel.metadata.shared, instructions=len(instrs),
+                peak_live=peak, peak_lines=peak_lines[:12],
                 **ptxas_numbers(log), loops=[dataclasses.asdict(l) for l in found],
-                typical=list(spec.typical), itemsize=spec.dtype.itemsize)
+                typical=list(spec.typical), itemsize=spec.dtype.itemsize,
+                logprobs=spec.logprobs)
 
 
 def budget_of(result, loop):
-    plain = result["spec"].startswith("plain") and "logprobs" not in result["spec"]
-    if plain and loop["stream"] == "first":
+    if loop["stream"] == "race" and not result["logprobs"]:
         return BUDGET_PLAIN
     return BUDGET_STREAM if result["dtype"] == "float32" else None
 

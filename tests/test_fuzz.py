@@ -110,7 +110,7 @@ def check_call(call):
     seeds = torch.arange(B, device=x.device) * 3 + 1
     a = _args.check(x, params["temperature"], params["top_k"], params["top_p"],
                     params["min_p"], params["order"], seed=seeds, offset=5, validate=False)
-    tokens, logprobs, _, passes = sampler.launch(a, False, stats=True, **cfg)
+    tokens, logprobs, _, passes, _ = sampler.launch(a, False, stats=True, **cfg)
     assert bool(((tokens >= 0) & (tokens < V)).all())
     assert int(passes.max()) < sampler.max_passes(cfg.get("bin_bits", 4))
     assert torch.isfinite(logprobs).all() or bool((x.float() == float("inf")).any())

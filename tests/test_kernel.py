@@ -49,7 +49,7 @@ def run(logits, cfg, probs_mode, seed=None, offset=0, **params):
                     params.get("order", "top_k_first"),
                     seed=torch.arange(logits.shape[0]) + 7 if seed is None else seed,
                     offset=offset, validate=False)
-    tokens, logprobs, probs, passes = sampler.launch(a, probs_mode, stats=True, **cfg)
+    tokens, logprobs, probs, passes, _ = sampler.launch(a, probs_mode, stats=True, **cfg)
     return a, tokens, logprobs, probs, passes
 
 
