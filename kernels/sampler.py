@@ -307,10 +307,13 @@ def _edge_bounds(cnt, span_lo, span_hi, shift, key_max, m, inv_t, NB: tl.constex
 
 @_device
 def _sum_bounds(total, V, BLOCK: tl.constexpr):
-    """Fixed-point bounds on an exact mass from its float32 per-lane sum ``total`` (units
-    of the max's weight; exp2 by MUFU, a few ulp per term; each lane summing one term
-    per tile; lanes combined in float64).  The relative slack covers the rounding of the
-    sums and of each term's exponent; the absolute slack, the fixed point's truncation."""
+    """Fixed-point bounds on an exact mass from its float32 sum ``total`` (units of the
+    max's weight): each term exp2((x - m) * c) by MUFU (2^-22 relative), its exponent y
+    rounded twice (c = log2(e) / T and the product: 3 * 2^-24 |y| relative, ln 2 of that
+    in the term; terms with |y| > 100 are below 2^-100 and count in the absolute slack);
+    summed in float32 per lane or group over the tiles and combined in float64.  The
+    relative slack, 2e-5 plus (tiles + 32) * 2^-22, covers these; the absolute slack V
+    units, the fixed point's truncation and the terms below 2^-100."""
     rel = (tl.cdiv(V, BLOCK) + 32).to(tl.float64) * (2.0 ** -22) + 2 * BOUND_SLACK
     return _bounds32(tl.maximum(total * FIX * (1.0 - rel) - V, 0.0),
                      total * FIX * (1.0 + rel) + V)
@@ -471,7 +474,7 @@ def _race_step(x, w, inv_t, bias, c2, ub_v, m_v, z_v, LOGPROBS: tl.constexpr,
         m_new = tl.maximum(m_v, tl.max(x4, 1))
         # (m_v starts at -FLT_MAX, not -inf: the rescale of an empty group is 0, not NaN)
         z_v = z_v * _exp2_fast((m_v - m_new) * c2) + \
-            tl.sum(_exp2_fast(tl.fma(x4, c2, -(m_new * c2)[:, None])), 1)
+            tl.sum(_exp2_fast((x4 - m_new[:, None]) * c2), 1)
         m_v = m_new
     return ub_v, m_v, z_v
 
@@ -606,25 +609,31 @@ def _exact_race(row_ptr, V, m, inv_t, seed, off_lo, off_hi, kept_lo,
 @_device
 def _first_pass(row_ptr, V, inv_t, hist_row, HIST: tl.constexpr, BIN_BITS: tl.constexpr,
                 BLOCK: tl.constexpr):
-    """Max and online normaliser sum exp((x - max) / T) (float32, per lane, combined in
-    float64); with HIST, the count histogram of the keys' top BIN_BITS bits, stored in
-    the program's three histogram slots (pass 1's, bracket A's, bracket B's)."""
+    """Max and normaliser sum exp((x - max) / T) (float32, per group of four neighbouring
+    lanes: their max, the group's sum rescaled once per tile; combined in float64); with
+    HIST, the count histogram of the keys' top BIN_BITS bits, stored in the program's
+    three histogram slots (pass 1's, bracket A's, bracket B's)."""
     NB: tl.constexpr = 1 << BIN_BITS
     c2 = tl.maximum(inv_t * LOG2E, 1e-30)             # T = inf: d * 0 would be NaN for -inf
-    m_v = tl.full([BLOCK], -FLT_MAX, tl.float32)
-    z_v = tl.zeros([BLOCK], tl.float32)
+    m_v = tl.full([BLOCK // 4], -FLT_MAX, tl.float32)
+    z_v = tl.zeros([BLOCK // 4], tl.float32)
     hist = tl.zeros([NB], tl.int32)
-    any_inf = tl.zeros([BLOCK], tl.int1)
     for start in range(0, V, BLOCK):  # stream: first
         offs, x = _load_tile(row_ptr, start, V, BLOCK, True)
-        d = x - m_v
-        e = _exp2_fast(-tl.abs(d) * c2)
-        z_v = tl.where(d > 0, tl.fma(z_v, e, 1.0), z_v + e)
-        m_v = tl.maximum(m_v, x)
+        x4 = x.reshape([BLOCK // 4, 4])
+        m_new = tl.maximum(m_v, tl.max(x4, 1))
+        # (x - max) * c, not x * c - max * c: exact near the max, so the error is
+        # relative to the exponent itself (what _sum_bounds allows for)
+        z_v = z_v * _exp2_fast((m_v - m_new) * c2) + \
+            tl.sum(_exp2_fast((x4 - m_new[:, None]) * c2), 1)
+        m_v = m_new
         if HIST:
             hist += tl.histogram((_key(x) >> (32 - BIN_BITS)).to(tl.int32), NB)
     m = tl.max(m_v, 0)
     z = tl.sum(z_v.to(tl.float64) * tl.exp2((m_v - m) * c2).to(tl.float64), 0)
+    # a row with no finite logit: z = 0; an extreme temperature: z not finite, and m then
+    # a lower bound of the max (the groups' rescale overflowed): both go the exact way
+    m = tl.where((m == -FLT_MAX) & (z == 0.0), NEG_INF, m)
     if HIST:
         bins = tl.arange(0, NB)
         hist = tl.where(bins == 0, hist - (tl.cdiv(V, BLOCK) * BLOCK - V), hist)
@@ -690,12 +699,12 @@ def _special_row(row_ptr, V, row, mode, seed, off_lo, off_hi, passes, fallbacks,
 def _refine_tile(x, offs, V, m, c2, inv_t, a_open, a_lo32, a_span32, a_shift, b_lo32,
                  b_span32, b_shift, k_from32, b_from32, binmass_row, hist_a, hist_b, k_v,
                  b_v, k_exact, b_exact, K_SUM: tl.constexpr, EXACT: tl.constexpr,
-                 NB: tl.constexpr):
+                 NB: tl.constexpr, BLOCK: tl.constexpr):
     key = _key(x)
     e = _exp2_fast((x - m) * c2)
     if K_SUM:
-        k_v += tl.where(key >= k_from32, e, 0.0)
-    b_v += tl.where(key >= b_from32, e, 0.0)
+        k_v += tl.sum(tl.where(key >= k_from32, e, 0.0).reshape([BLOCK // 4, 4]), 1)
+    b_v += tl.sum(tl.where(key >= b_from32, e, 0.0).reshape([BLOCK // 4, 4]), 1)
     # Bracket B as one unsigned compare (it never holds the tail's -inf padding: the
     # min-p floor drops those keys).  The histogram is unmasked (a masked one branches
     # per token): the rest count in bin 0, and & (NB - 1) proves the bin in range (else
@@ -741,8 +750,8 @@ def _refine_pass(row_ptr, V, m, inv_t, a_open, a_lo, a_hi, a_shift, b_open, b_lo
     b_from32 = _u32(b_from)
     hist_a = tl.zeros([NB], tl.int32)
     hist_b = tl.zeros([NB], tl.int32)
-    k_v = tl.zeros([BLOCK], tl.float32)
-    b_v = tl.zeros([BLOCK], tl.float32)
+    k_v = tl.zeros([BLOCK // 4], tl.float32)
+    b_v = tl.zeros([BLOCK // 4], tl.float32)
     k_exact = tl.full([], 0, tl.int64)
     b_exact = tl.full([], 0, tl.int64)
     n_full = V - V % BLOCK
@@ -751,13 +760,13 @@ def _refine_pass(row_ptr, V, m, inv_t, a_open, a_lo, a_hi, a_shift, b_open, b_lo
         hist_a, hist_b, k_v, b_v, k_exact, b_exact = _refine_tile(
             x, offs, V, m, c2, inv_t, a_open, a_lo32, a_span32, a_shift, b_lo32, b_span32,
             b_shift, k_from32, b_from32, binmass_row, hist_a, hist_b, k_v, b_v, k_exact,
-            b_exact, K_SUM, EXACT, NB)
+            b_exact, K_SUM, EXACT, NB, BLOCK)
     if n_full < V:
         offs, x = _load_tile(row_ptr, n_full, V, BLOCK, True)
         hist_a, hist_b, k_v, b_v, k_exact, b_exact = _refine_tile(
             x, offs, V, m, c2, inv_t, a_open, a_lo32, a_span32, a_shift, b_lo32, b_span32,
             b_shift, k_from32, b_from32, binmass_row, hist_a, hist_b, k_v, b_v, k_exact,
-            b_exact, K_SUM, EXACT, NB)
+            b_exact, K_SUM, EXACT, NB, BLOCK)
     bins = tl.arange(0, NB)
     if a_open:
         tl.store(_here(hist_row) + NB + bins, hist_a)
@@ -768,18 +777,20 @@ def _refine_pass(row_ptr, V, m, inv_t, a_open, a_lo, a_hi, a_shift, b_open, b_lo
 
 
 @_device
-def _collect_tile(x, t_bit, m, inv_t, lo1, hi1, lo2, hi2, from_a, from_b, bits, z_v,
-                  above_a_v, above_b_v, NEED_Z, MASSES: tl.constexpr):
+def _collect_tile(x, valid, t_bit, m, inv_t, lo1, hi1, lo2, hi2, from_a, from_b, bits, z_v,
+                  above_a_v, above_b_v, NEED_Z, MASSES: tl.constexpr, BLOCK: tl.constexpr):
     key = _key(x)
-    take = ((key >= lo1) & (key <= hi1)) | ((key >= lo2) & (key <= hi2))
+    take = (((key >= lo1) & (key <= hi1)) | ((key >= lo2) & (key <= hi2))) & valid
     bits = tl.where(take, bits | t_bit, bits)
     if MASSES:
         t = _term(x, m, inv_t)
-        z_v += t
-        above_a_v += tl.where(key >= from_a, t, 0)
-        above_b_v += tl.where(key >= from_b, t, 0)
+        z_v += tl.sum(t.reshape([BLOCK // 4, 4]), 1)
+        above_a_v += tl.sum(tl.where(key >= from_a, t, 0).reshape([BLOCK // 4, 4]), 1)
+        above_b_v += tl.sum(tl.where(key >= from_b, t, 0).reshape([BLOCK // 4, 4]), 1)
     elif NEED_Z:
-        z_v += _term(x, m, inv_t)
+        # summed over each thread's four neighbouring tokens first: one int64 accumulator
+        # per four lanes (the same adds, a quarter of the registers)
+        z_v += tl.sum(_term(x, m, inv_t).reshape([BLOCK // 4, 4]), 1)
     return bits, z_v, above_a_v, above_b_v
 
 
@@ -835,20 +846,20 @@ def _collect_pass(row_ptr, V, m, inv_t, lo1, hi1, lo2, hi2, NEED_Z, from_a, from
     n_full = V - V % BLOCK
     for g0 in range(0, V, 32 * BLOCK):
         bits = tl.zeros([BLOCK], tl.int32)
-        z_v = tl.zeros([BLOCK], tl.int64)
-        above_a_v = tl.zeros([BLOCK], tl.int64)
-        above_b_v = tl.zeros([BLOCK], tl.int64)
+        z_v = tl.zeros([BLOCK // 4], tl.int64)
+        above_a_v = tl.zeros([BLOCK // 4], tl.int64)
+        above_b_v = tl.zeros([BLOCK // 4], tl.int64)
         g_end = tl.minimum(g0 + 32 * BLOCK, n_full)
         for start in range(g0, g_end, BLOCK):  # stream: collect (tile BLOCK)
             offs, x = _load_tile(row_ptr, start, V, BLOCK, False)
             bits, z_v, above_a_v, above_b_v = _collect_tile(
-                x, 1 << ((start - g0) // BLOCK), m, inv_t, l1, h1, l2, h2, fa, fb, bits, z_v,
-                above_a_v, above_b_v, NEED_Z, MASSES)
+                x, True, tl.full([], 1, tl.int32) << ((start - g0) // BLOCK), m, inv_t, l1, h1, l2, h2, fa, fb, bits, z_v,
+                above_a_v, above_b_v, NEED_Z, MASSES, BLOCK)
         if (g0 + 32 * BLOCK >= V) & (n_full < V):
             offs, x = _load_tile(row_ptr, n_full, V, BLOCK, True)
             bits, z_v, above_a_v, above_b_v = _collect_tile(
-                x, 1 << ((n_full - g0) // BLOCK), m, inv_t, l1, h1, l2, h2, fa, fb, bits,
-                z_v, above_a_v, above_b_v, NEED_Z, MASSES)
+                x, offs < V, tl.full([], 1, tl.int32) << ((n_full - g0) // BLOCK), m, inv_t, l1, h1, l2, h2, fa, fb, bits,
+                z_v, above_a_v, above_b_v, NEED_Z, MASSES, BLOCK)
         # the group's sums first: no per-lane accumulator lives through the flush
         z += tl.sum(z_v, 0)
         above_a += tl.sum(above_a_v, 0)
@@ -898,14 +909,18 @@ def _scratch_mass(scratch_row, n, m, inv_t, lo, hi, CHUNK: tl.constexpr):
 @_device
 def _scratch_top_k(scratch_row, n, k, a_lo, a_hi, a_above, BIN_BITS: tl.constexpr,
                    CHUNK: tl.constexpr):
-    """The exact top-k threshold key from the scratch, which holds every key of bracket A
-    [a_lo, a_hi] (``a_above`` keys lie above it): finer count histograms of the bracket,
-    BIN_BITS bits at a time, until the k-th key's bin is a single key or wholly kept."""
+    """The exact top-k threshold key from the scratch, which holds every finite key of
+    bracket A [a_lo, a_hi] (``a_above`` keys lie above it): finer count histograms of the
+    bracket, BIN_BITS bits at a time, until the k-th key's bin is a single key or wholly
+    kept.  With fewer than k finite keys the k-th largest is -inf (never a candidate):
+    every finite key is kept."""
     NB: tl.constexpr = 1 << BIN_BITS
+    bins = tl.arange(0, NB)
     done = tl.full([], False, tl.int1)
     lo = a_lo
     hi = a_hi
     above = a_above.to(tl.int64)
+    theta = tl.full([], KEY_NEG_INF + 1, tl.int64)
     while ~done:
         shift = _next_shift(lo, hi, BIN_BITS)
         cnt = tl.zeros([NB], tl.int32)
@@ -915,11 +930,13 @@ def _scratch_top_k(scratch_row, n, k, a_lo, a_hi, a_above, BIN_BITS: tl.constexp
             cnt += tl.histogram(tl.where(inside, (key - lo) >> shift, 0).to(tl.int32) & (NB - 1),
                                 NB, mask=inside)
         bk, above_bk, cnt_bk, bk_lo, bk_hi = _top_k_window(cnt, lo, hi, shift, above, k, NB)
-        done = (shift == 0) | (above_bk + cnt_bk == k)
+        short = bk < 0                              # fewer than k finite keys
+        done = short | (shift == 0) | (above_bk + cnt_bk == k)
+        theta = tl.where(short, KEY_NEG_INF + 1, bk_lo)
         above = above_bk
         lo = bk_lo
         hi = bk_hi
-    return lo
+    return theta
 
 
 @_device
@@ -1147,7 +1164,7 @@ def _sample_row(
                 LOGPROBS, BLOCK, BIN_BITS, CAP, CHUNK, RARE_BLOCK, MAX_PASSES, NOISE_TEST)
             x_tok = m
             if LOGPROBS:
-                x_tok = _sanitize(tl.load(row_ptr + token))
+                x_tok = _sanitize(tl.load(row_ptr + tl.minimum(tl.maximum(token, 0), V - 1)))
             _finish(row_ptr, V, row, m, inv_t, token, x_tok, kept_lo, kept_mass, greedy,
                     passes, fallbacks, tokens_ptr, logprobs_ptr, probs_row, stats_row, PROBS,
                     LOGPROBS, STATS, BLOCK)
@@ -1160,7 +1177,8 @@ def _finish(row_ptr, V, row, m, inv_t, token, x_tok, kept_lo, kept_mass, greedy,
     """A row's results: its token and log-prob (the kept set's exact mass kept_mass, fixed
     point), or with PROBS its filtered_probs (one more pass: the kept set is key >=
     kept_lo); and its pass and fallback counts."""
-    token = tl.cast(token, tl.int64)
+    # [0, V) whatever happened (the contract); every path above yields such a token
+    token = tl.minimum(tl.maximum(tl.cast(token, tl.int64), 0), V - 1)
     passes = tl.cast(passes, tl.int32)
     if PROBS:
         _write_pass(row_ptr, V, m, inv_t, kept_lo, greedy, token, FIX / kept_mass, probs_row,
@@ -1174,6 +1192,28 @@ def _finish(row_ptr, V, row, m, inv_t, token, x_tok, kept_lo, kept_mass, greedy,
     if STATS:
         tl.store(stats_row, passes)
         tl.store(stats_row + 1, tl.cast(fallbacks, tl.int32))
+
+
+@_device
+def _classify_b(hist_row, binmass_row, b_lo, b_hi, b_shift, b_above, b_mass_lo, b_mass_hi,
+                exact_bins, pk_lo, pk_hi, floor_key, key_max, m, inv_t,
+                BIN_BITS: tl.constexpr):
+    """Bracket B (top-p) from its last histogram: each bin's mass bounded from its count
+    and edges (exact after an exact-bins refine); the bins top-p may still keep or drop
+    become the new bracket.  Returns (done, threshold, lo, hi, shift, keys above, keys
+    inside)."""
+    NB: tl.constexpr = 1 << BIN_BITS
+    bins = tl.arange(0, NB)
+    hist_b = tl.load(_here(hist_row) + 2 * NB + bins)
+    lo_m, hi_m, one_lo = _edge_bounds(hist_b, b_lo, b_hi, b_shift, key_max, m, inv_t, NB)
+    if exact_bins:
+        lo_m = tl.load(_here(binmass_row) + bins, cache_modifier=".cg").to(tl.float64)
+        hi_m = lo_m
+    done, theta, new_lo, new_hi, n_win, above_win = _top_p_window(
+        hist_b, lo_m, hi_m, b_lo, b_hi, b_shift, b_mass_lo, b_mass_hi, b_above, pk_lo, pk_hi,
+        floor_key, NB)
+    return done, theta, new_lo, new_hi, _next_shift(new_lo, new_hi, BIN_BITS), \
+        above_win.to(tl.int32), tl.where(done, 0, n_win).to(tl.int32)
 
 
 @_device
@@ -1348,21 +1388,22 @@ def _filtered_row(row_ptr, V, m, z, inv_t, k, k_on, p, p_on, m_on, log_mp, seed,
         # after an exact-bins refine)
         n_b = tl.full([], 0, tl.int32)
         if ~b_done:
-            hist_b = tl.load(_here(hist_row) + 2 * NB + bins)
-            lo_m, hi_m, one_lo = _edge_bounds(hist_b, b_lo, b_hi, b_shift, key_max, m, inv_t,
-                                              NB)
-            if exact_bins:
-                lo_m = tl.load(_here(binmass_row) + bins, cache_modifier=".cg").to(tl.float64)
-                hi_m = lo_m
             floor_key = tl.maximum(key_mp, tl.where(k_on, tl.where(a_done, theta_k, a_lo), 0))
-            b_done, theta_p, new_lo, new_hi, n_win, above_win = _top_p_window(
-                hist_b, lo_m, hi_m, b_lo, b_hi, b_shift, b_mass_lo, b_mass_hi, b_above,
-                p * k_lo, p * k_hi, floor_key, NB)
-            b_lo = new_lo
-            b_hi = new_hi
-            b_above = above_win.to(tl.int32)
-            b_shift = _next_shift(b_lo, b_hi, BIN_BITS)
-            n_b = tl.where(b_done, 0, n_win).to(tl.int32)
+            pk_lo = p * k_lo
+            pk_hi = p * k_hi
+            # (the rest of the search's state waits in memory: the bins' float64 scans
+            # need the registers)
+            _stash(st, a_done, a_lo, a_hi, a_shift, a_above, a_mass_lo, a_mass_hi, theta_k,
+                   b_done, b_lo, b_hi, b_shift, b_above, b_mass_lo, b_mass_hi, theta_p,
+                   k_set_lo, k_set_hi, k_set_known, exact_bins, refine_shift, z_lo, z_hi,
+                   key_mp, k, k_on, p, p_on, seed, offset)
+            b_done, theta_p, b_lo, b_hi, b_shift, b_above, n_b = _classify_b(
+                hist_row, binmass_row, b_lo, b_hi, b_shift, b_above, b_mass_lo, b_mass_hi,
+                exact_bins, pk_lo, pk_hi, floor_key, key_max, m, inv_t, BIN_BITS)
+            a_done, a_lo, a_hi, a_shift, a_above, a_mass_lo, a_mass_hi, theta_k, b_done_, \
+                b_lo_, b_hi_, b_shift_, b_above_, b_mass_lo, b_mass_hi, theta_p_, k_set_lo, \
+                k_set_hi, k_set_known, exact_bins, refine_shift, z_lo, z_hi, key_mp, k, k_on, \
+                p, p_on, seed, offset = _unstash(st)
 
         searching = n_a + n_b > CAP
         if searching:
@@ -1434,6 +1475,9 @@ def _filtered_row(row_ptr, V, m, z, inv_t, k, k_on, p, p_on, m_on, log_mp, seed,
     cand_lo = tl.where(~a_done, tl.minimum(cand_lo, a_lo), cand_lo)
     cand_lo = tl.where(need_k_mass, tl.minimum(cand_lo, theta_k_lo), cand_lo)
     cand_lo = tl.where(~b_done, tl.minimum(cand_lo, b_lo), cand_lo)
+    # -inf logits have no mass and are never kept: never candidates (nor the tail's
+    # padding, whose logits read as -inf)
+    cand_lo = tl.maximum(cand_lo, KEY_NEG_INF + 1)
     # keys >= cand_lo: exact where a bracket sets it, else pass 1's bins
     n_cand = tl.full([], 0, tl.int64)     # min-p alone has no histogram
     if HAS_TOP_K or HAS_TOP_P:
@@ -1561,11 +1605,23 @@ def max_passes(bin_bits: int) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _programs_for(device: torch.device) -> int:
-    """How many programs walk the rows: four per SM on a GPU (more than can be resident:
-    the grid never idles an SM), 32 in the interpreter (so tests run the row loop)."""
+    """How many programs walk the rows: two per SM on a GPU (a 16-warp program at up to
+    128 registers fills an SM's register file, so one runs while the other waits: rows
+    balance across SMs as programs finish), 32 in the interpreter (so tests run the row
+    loop)."""
     if device.type == "cuda":
-        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+        return 2 * torch.cuda.get_device_properties(device).multi_processor_count
     return 32
+
+
+def program_memory(vocab: int, bin_bits: int = None, cap: int = None, block: int = None):
+    """Bytes of scratch memory one program owns for a vocabulary of V tokens (with top-k or
+    top-p; min-p alone needs no bin masses): the scratch entries and the search's state
+    slots (int64), B's bin masses (int64), three histograms and the collect's words
+    (int32).  A launch allocates this for each of its min(B, programs) programs."""
+    sizes = _sizes_for(vocab)
+    block, bin_bits, cap = block or sizes[0], bin_bits or sizes[1], cap or sizes[2]
+    return (cap + 32) * 8 + (1 << bin_bits) * 8 + ((3 << bin_bits) + block) * 4
 
 
 def kernel_args(a, probs_mode: bool, *, return_logprobs: bool = True, block: int = None,
