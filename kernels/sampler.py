@@ -454,6 +454,19 @@ def _greedy_pass(row_ptr, V, BLOCK: tl.constexpr):
 
 
 @_device
+def _noise_test(c, w, NOISE_TEST: tl.constexpr):
+    """Tests only (NOISE_TEST 0 compiles to nothing): 1 loosens every cheap bound by 0.99
+    of the race margin, the worst error the margin allows, so that proofs still hold; 2
+    raises a third of the bounds by 100, so that the proof fails and the exact race runs.
+    Bounds of dropped tokens stay -inf."""
+    if NOISE_TEST == 1:
+        c = c - (0.99 * MARGIN_REL * (tl.abs(c) + MARGIN_ABS))
+    if NOISE_TEST == 2:
+        c = tl.where((w % 3) == 0, c + 100.0, c)
+    return c
+
+
+@_device
 def _race_step(x, w, inv_t, bias, c2, ub_v, m_v, z_v, LOGPROBS: tl.constexpr,
                NOISE_TEST: tl.constexpr, BLOCK: tl.constexpr):
     """One tile of the race: each lane's largest cheap bound; with LOGPROBS, per group of
@@ -461,13 +474,7 @@ def _race_step(x, w, inv_t, bias, c2, ub_v, m_v, z_v, LOGPROBS: tl.constexpr,
     rescaled once per group and tile (a per-token online update costs three more
     instructions a token).  The logits are raw: a NaN gives a NaN bound, which max
     ignores (-0 and +0 give the same bound); only the normaliser needs NaN as -inf."""
-    c = _cheap_key(x, w, inv_t, bias)
-    if NOISE_TEST == 1:
-        # tests: every bound as loose as the margin allows (the worst MUFU error)
-        c = c - (0.99 * MARGIN_REL * (tl.abs(c) + MARGIN_ABS))
-    if NOISE_TEST == 2:
-        # tests: bounds too high on a third of the lanes, so the proof fails
-        c = tl.where((w % 3) == 0, c + 100.0, c)
+    c = _noise_test(_cheap_key(x, w, inv_t, bias), w, NOISE_TEST)
     ub_v = tl.maximum(ub_v, c)
     if LOGPROBS:
         x4 = tl.maximum(x, NEG_INF).reshape([BLOCK // 4, 4])
@@ -515,9 +522,8 @@ def _kept_race_pass(row_ptr, V, seed, off_lo, off_hi, m, inv_t, bias, kept_lo,
         offs, x = _load_tile(row_ptr, start, V, BLOCK, True)
         kept = _key(x) >= lo32
         w = _tile_words(seed, off_lo, off_hi, start, 0, BLOCK)
-        c = _cheap_key(tl.where(kept, x, NEG_INF), w, inv_t, bias)
-        if NOISE_TEST == 2:
-            c = tl.where(((w % 3) == 0) & kept, c + 100.0, c)
+        c = _noise_test(_cheap_key(tl.where(kept, x, NEG_INF), w, inv_t, bias), w,
+                        NOISE_TEST)
         ub_v = tl.maximum(ub_v, c)
         if NEED_MASS:
             mass_v += tl.where(kept, _term(x, m, inv_t), 0)
@@ -701,10 +707,11 @@ def _refine_tile(x, offs, V, m, c2, inv_t, a_open, a_lo32, a_span32, a_shift, b_
                  b_v, k_exact, b_exact, K_SUM: tl.constexpr, EXACT: tl.constexpr,
                  NB: tl.constexpr, BLOCK: tl.constexpr):
     key = _key(x)
-    e = _exp2_fast((x - m) * c2)
-    if K_SUM:
-        k_v += tl.sum(tl.where(key >= k_from32, e, 0.0).reshape([BLOCK // 4, 4]), 1)
-    b_v += tl.sum(tl.where(key >= b_from32, e, 0.0).reshape([BLOCK // 4, 4]), 1)
+    if not EXACT:
+        e = _exp2_fast((x - m) * c2)
+        if K_SUM:
+            k_v += tl.sum(tl.where(key >= k_from32, e, 0.0).reshape([BLOCK // 4, 4]), 1)
+        b_v += tl.sum(tl.where(key >= b_from32, e, 0.0).reshape([BLOCK // 4, 4]), 1)
     # Bracket B as one unsigned compare (it never holds the tail's -inf padding: the
     # min-p floor drops those keys).  The histogram is unmasked (a masked one branches
     # per token): the rest count in bin 0, and & (NB - 1) proves the bin in range (else
@@ -717,8 +724,8 @@ def _refine_tile(x, offs, V, m, c2, inv_t, a_open, a_lo32, a_span32, a_shift, b_
         b_bin = (b_off >> b_shift.to(tl.uint32)).to(tl.int32)
         tl.atomic_add(_here(binmass_row) + b_bin, t, mask=(key >= b_lo32) & (b_bin < NB) &
                       (key <= b_lo32 + b_span32), sem="relaxed")
-        k_exact += tl.sum(tl.where(key >= k_from32, t, 0), 0)
-        b_exact += tl.sum(tl.where(key >= b_from32, t, 0), 0)
+        k_exact += tl.sum(tl.where(key >= k_from32, t, 0).reshape([BLOCK // 4, 4]), 1)
+        b_exact += tl.sum(tl.where(key >= b_from32, t, 0).reshape([BLOCK // 4, 4]), 1)
     if a_open:  # rare: a top-k bin holding more tokens than the scratch
         a_off = key - a_lo32
         in_a = (a_off <= a_span32) & (offs < V)
@@ -734,11 +741,12 @@ def _refine_pass(row_ptr, V, m, inv_t, a_open, a_lo, a_hi, a_shift, b_open, b_lo
     """Finer count histograms of the open brackets (keys [lo, hi] in bins of 2^shift, to
     the histogram slots of A and B; bracket B holds n_b keys), and the mass at or above
     b_from and, with K_SUM, at or above k_from (the top-k set and what may still join
-    it), as float32 sums (bounds: _sum_bounds).  With EXACT (when the previous refine
-    gained no resolution) also each bin of B's exact mass (integer atomics) and both
-    masses exactly: a variant of its own, since its int64 terms and atomic operands would
-    otherwise hold registers in every refine.  Returns (k mass, b mass, exact k mass,
-    exact b mass), the first two in units of the max token's weight."""
+    it), as float32 sums (bounds: _sum_bounds).  With EXACT (when the previous count
+    histogram's resolution cannot be bettered) instead each bin of B's exact mass
+    (integer atomics) and both masses exactly: a variant of its own, since its int64
+    terms and atomic operands would otherwise hold registers in every refine.  Returns
+    (k mass, b mass, exact k mass, exact b mass), the first two in units of the max
+    token's weight (zero with EXACT), the last two zero without EXACT."""
     NB: tl.constexpr = 1 << BIN_BITS
     c2 = tl.maximum(inv_t * LOG2E, 1e-30)             # T = inf: d * 0 would be NaN for -inf
     # a bracket as one unsigned compare, key - lo <= hi - lo; a closed one is empty
@@ -752,8 +760,8 @@ def _refine_pass(row_ptr, V, m, inv_t, a_open, a_lo, a_hi, a_shift, b_open, b_lo
     hist_b = tl.zeros([NB], tl.int32)
     k_v = tl.zeros([BLOCK // 4], tl.float32)
     b_v = tl.zeros([BLOCK // 4], tl.float32)
-    k_exact = tl.full([], 0, tl.int64)
-    b_exact = tl.full([], 0, tl.int64)
+    k_exact = tl.zeros([BLOCK // 4], tl.int64)
+    b_exact = tl.zeros([BLOCK // 4], tl.int64)
     n_full = V - V % BLOCK
     for start in range(0, n_full, BLOCK):  # stream: refine (tile BLOCK)
         offs, x = _load_tile(row_ptr, start, V, BLOCK, False)
@@ -773,7 +781,8 @@ def _refine_pass(row_ptr, V, m, inv_t, a_open, a_lo, a_hi, a_shift, b_open, b_lo
     if b_open:
         outside = tl.cdiv(V, BLOCK) * BLOCK - n_b.to(tl.int32)    # counted in bin 0
         tl.store(_here(hist_row) + 2 * NB + bins, tl.where(bins == 0, hist_b - outside, hist_b))
-    return tl.sum(k_v.to(tl.float64), 0), tl.sum(b_v.to(tl.float64), 0), k_exact, b_exact
+    return tl.sum(k_v.to(tl.float64), 0), tl.sum(b_v.to(tl.float64), 0), \
+        tl.sum(k_exact, 0), tl.sum(b_exact, 0)
 
 
 @_device
@@ -997,9 +1006,8 @@ def _scratch_race(scratch_row, n, anchor, inv_t, kept_lo, seed, off_lo, off_hi,
         idx = (entry & 0x7FFFFFFF).to(tl.int32)
         kept = (pos < n) & (key >= lo32)
         w = _token_words(seed, off_lo, off_hi, idx, 0)
-        c = _cheap_key(tl.where(kept, _unkey(key), NEG_INF), w, inv_t, bias)
-        if NOISE_TEST == 2:
-            c = tl.where(((w % 3) == 0) & kept, c + 100.0, c)
+        c = _noise_test(_cheap_key(tl.where(kept, _unkey(key), NEG_INF), w, inv_t, bias),
+                        w, NOISE_TEST)
         ub_v = tl.maximum(ub_v, c)
     return _settle(ub_v, anchor, inv_t, scratch_row, scratch_row, n, kept_lo, seed,
                    off_lo, off_hi, True, BLOCK)
@@ -1353,7 +1361,9 @@ def _filtered_row(row_ptr, V, m, z, inv_t, k, k_on, p, p_on, m_on, log_mp, seed,
     k_set_hi = tl.full([], 0.0, tl.float32)         # summed it from theta_k
     k_set_known = no
     exact_bins = no                                 # B's last histogram has exact masses
-    refine_shift = tl.full([], 64, tl.int32)        # B's bin width at the last refine
+    # B's bin width at the last count histogram (pass 1's to start): a count refine at
+    # no finer width would repeat it, so that refine sums exact bin masses instead
+    refine_shift = tl.full([], 32 - BIN_BITS, tl.int32)
     n_a = tl.full([], 0, tl.int32)
     n_b = tl.full([], 0, tl.int32)
     searching = ~no

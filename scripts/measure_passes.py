@@ -26,7 +26,8 @@ def passes(logits, params, probs_mode=False):
     a = _args.check(logits, params.get("temperature", 1.0), params.get("top_k"),
                     params.get("top_p"), params.get("min_p"), "top_k_first",
                     seed=torch.arange(logits.shape[0], device=logits.device), validate=False)
-    return sampler.launch(a, probs_mode, stats=True)[3].tolist()
+    _, _, _, reads, fallbacks = sampler.launch(a, probs_mode, stats=True)
+    return reads.tolist(), int(fallbacks.sum())
 
 
 def main(argv=None):
@@ -36,13 +37,15 @@ def main(argv=None):
     ap.add_argument("--dtype", default="float32")
     args = ap.parse_args(argv)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"| V | case | full-row reads per row (count of rows) |\n| --- | --- | --- |")
+    print(f"| V | case | full-row reads per row (count of rows) | exact fallbacks |\n"
+          f"| --- | --- | --- | --- |")
     for V in args.vocab:
         logits = make_logits(args.rows, V, args.dtype, dev)
         for case, params in CASES.items():
-            hist = collections.Counter(passes(logits, params))
+            reads, fallbacks = passes(logits, params)
+            hist = collections.Counter(reads)
             shown = ", ".join(f"{k} reads: {n}" for k, n in sorted(hist.items()))
-            print(f"| {V} | {case} | {shown} |", flush=True)
+            print(f"| {V} | {case} | {shown} | {fallbacks} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ binder, so 16-byte alignment and divisibility are what a launch gets; the launch
     python scripts/sass_report.py --check         # exit 1 on spills, > 128 registers or a
                                                   # streaming loop over its budget
     python scripts/sass_report.py --only plain    # specialisations whose name contains it
+    python scripts/sass_report.py --quick --check # CI: the widest loops, the most registers
 """
 import argparse
 import ast
@@ -41,9 +42,12 @@ from fused_sampler import _args  # noqa: E402
 from fused_sampler.kernels import sampler  # noqa: E402
 
 V_REPORT = 128256
-MAX_REGISTERS = 128          # two 8-warp programs per SM
-BUDGET_STREAM = 28           # instructions per fp32 element: memory-bound on an H200
-BUDGET_PLAIN = 24            # the plain sampling loop, fp32 and bf16 alike
+MAX_REGISTERS = 128          # a 16-warp program fits half an SM's register file
+# Instructions per element a streaming loop may issue while HBM delivers the element: an
+# H200 issues 28 per fp32 logit (14 per bf16 / fp16 logit); an H100 40 (20).  --check
+# holds every loop, of every dtype, to the fp32 H200 figure (the table marks the loops
+# that are issue-bound for their dtype).
+BUDGET_STREAM = 28
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +82,9 @@ SPECS = (
     Spec("filtered_probs fp32", dict(_T07, top_k=50, top_p=0.9), probs=True,
          typical=("first", "collect", "write")),
 )
+# --quick (CI): the plain loop at its widest, every filtered loop with the most live state,
+# and the write pass
+QUICK = ("plain+logprobs bf16", "all filters+logprobs fp32", "filtered_probs fp32")
 
 
 def call_for(spec: Spec, B: int = 64):
@@ -340,10 +347,10 @@ def analyse(spec: Spec, arch=90):
                 logprobs=spec.logprobs)
 
 
-def budget_of(result, loop):
-    if loop["stream"] == "race" and not result["logprobs"]:
-        return BUDGET_PLAIN
-    return BUDGET_STREAM if result["dtype"] == "float32" else None
+def hbm_budget(gpu, itemsize):
+    """Lane-instructions per element the GPU issues while HBM delivers one element
+    (H200: 27.6 per fp32 logit; H100: 39.5)."""
+    return gpu.issue_per_sm * gpu.sms * itemsize / gpu.hbm_bytes_s
 
 
 def problems(result):
@@ -354,10 +361,9 @@ def problems(result):
         out.append(f"spills: {result['spill_stores']} B stored, {result['spill_loads']} B "
                    f"loaded, {result['stack']} B stack")
     for loop in result["loops"]:
-        budget = budget_of(result, loop)
-        if budget is not None and loop["per_element"] > budget:
+        if loop["per_element"] > BUDGET_STREAM:
             out.append(f"loop '{loop['stream']}' at {loop['per_element']:.1f} instructions "
-                       f"per element (budget {budget})")
+                       f"per element (budget {BUDGET_STREAM})")
     return out
 
 
@@ -371,17 +377,20 @@ def per_pass(result):
 
 def print_tables(results):
     print("| specialisation | regs | spill st/ld B | stack B | smem B | loop | body | "
-          "instr/elem | rare | LDG | LDL/STL | atom | bar | MUFU | fp64 |")
-    print("|" + " --- |" * 16)
+          "instr/elem | H200 | rare | LDG | LDL/STL | atom | bar | MUFU | fp64 |")
+    print("|" + " --- |" * 17)
     for r in results:
         head = (f"| {r['spec']} | {r['registers']} | {r['spill_stores']}/{r['spill_loads']} | "
                 f"{r['stack']} | {r['shared']} |")
         if not r["loops"]:
-            print(head + " (no streaming loop found) |" + " |" * 10)
+            print(head + " (no streaming loop found) |" + " |" * 11)
         for i, l in enumerate(r["loops"]):
             c = l["counts"]
             lead = head if i == 0 else "| | | | | |"
-            print(f"{lead} {l['stream']} | {l['body']} | {l['per_element']:.1f} | {l['rare']} | "
+            ratio = l["per_element"] / hbm_budget(H200, r["itemsize"])
+            bound = "HBM" if ratio <= 1 else f"issue x{ratio:.2f}"
+            print(f"{lead} {l['stream']} | {l['body']} | {l['per_element']:.1f} | {bound} | "
+                  f"{l['rare']} | "
                   f"{c.get('ldg', 0)} | {c.get('local', 0)} | {c.get('atomic', 0)} | "
                   f"{c.get('barrier', 0)} | {c.get('mufu', 0)} | {c.get('fp64', 0)} |")
     print()
@@ -413,11 +422,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--only", default="", help="specialisations whose name contains this")
+    ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
     ap.add_argument("--check", action="store_true", help="exit 1 on any problem")
     ap.add_argument("--json", help="write the raw results here")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args(argv)
-    specs = [s for s in SPECS if args.only in s.name]
+    specs = [s for s in SPECS if args.only in s.name and (not args.quick or s.name in QUICK)]
     print(f"triton {compile_check.triton.__version__}, sm_{args.arch}, V = {V_REPORT}\n")
     with concurrent.futures.ProcessPoolExecutor(args.jobs) as pool:
         results = list(pool.map(analyse, specs, [args.arch] * len(specs)))
