@@ -473,11 +473,12 @@ def _race_step(x, w, inv_t, bias, c2, ub_v, m_v, z_v, LOGPROBS: tl.constexpr,
     four neighbouring lanes, the running max and the sum of exp((x - that max) / T),
     rescaled once per group and tile (a per-token online update costs three more
     instructions a token).  The logits are raw: a NaN gives a NaN bound, which max
-    ignores (-0 and +0 give the same bound); only the normaliser needs NaN as -inf."""
+    ignores (-0 and +0 give the same bound), and a NaN normaliser, which fails the
+    caller's finiteness check and sends the row to the exact path."""
     c = _noise_test(_cheap_key(x, w, inv_t, bias), w, NOISE_TEST)
     ub_v = tl.maximum(ub_v, c)
     if LOGPROBS:
-        x4 = tl.maximum(x, NEG_INF).reshape([BLOCK // 4, 4])
+        x4 = x.reshape([BLOCK // 4, 4])
         m_new = tl.maximum(m_v, tl.max(x4, 1))
         # (m_v starts at -FLT_MAX, not -inf: the rescale of an empty group is 0, not NaN)
         z_v = z_v * _exp2_fast((m_v - m_new) * c2) + \
@@ -717,15 +718,16 @@ def _refine_tile(x, offs, V, m, c2, inv_t, a_open, a_lo32, a_span32, a_shift, b_
     # per token): the rest count in bin 0, and & (NB - 1) proves the bin in range (else
     # a check and a branch per token).
     b_off = key - b_lo32
-    hist_b += tl.histogram(tl.where(b_off <= b_span32, b_off >> b_shift.to(tl.uint32), 0)
-                           .to(tl.int32) & (NB - 1), NB)
-    if EXACT:
+    if not EXACT:
+        hist_b += tl.histogram(tl.where(b_off <= b_span32, b_off >> b_shift.to(tl.uint32), 0)
+                               .to(tl.int32) & (NB - 1), NB)
+    else:
+        # (a lane a thread at the RARE_BLOCK tile: per-lane sums, no shuffles)
         t = _term(x, m, inv_t)
-        b_bin = (b_off >> b_shift.to(tl.uint32)).to(tl.int32)
-        tl.atomic_add(_here(binmass_row) + b_bin, t, mask=(key >= b_lo32) & (b_bin < NB) &
-                      (key <= b_lo32 + b_span32), sem="relaxed")
-        k_exact += tl.sum(tl.where(key >= k_from32, t, 0).reshape([BLOCK // 4, 4]), 1)
-        b_exact += tl.sum(tl.where(key >= b_from32, t, 0).reshape([BLOCK // 4, 4]), 1)
+        tl.atomic_add(_here(binmass_row) + (b_off >> b_shift.to(tl.uint32)).to(tl.int32), t,
+                      mask=b_off <= b_span32, sem="relaxed")
+        k_exact += tl.where(key >= k_from32, t, 0)         # (k_from = 0: Z, exactly)
+        b_exact += tl.where(key >= b_from32, t, 0)
     if a_open:  # rare: a top-k bin holding more tokens than the scratch
         a_off = key - a_lo32
         in_a = (a_off <= a_span32) & (offs < V)
@@ -760,15 +762,23 @@ def _refine_pass(row_ptr, V, m, inv_t, a_open, a_lo, a_hi, a_shift, b_open, b_lo
     hist_b = tl.zeros([NB], tl.int32)
     k_v = tl.zeros([BLOCK // 4], tl.float32)
     b_v = tl.zeros([BLOCK // 4], tl.float32)
-    k_exact = tl.zeros([BLOCK // 4], tl.int64)
-    b_exact = tl.zeros([BLOCK // 4], tl.int64)
+    k_exact = tl.zeros([BLOCK], tl.int64)
+    b_exact = tl.zeros([BLOCK], tl.int64)
     n_full = V - V % BLOCK
-    for start in range(0, n_full, BLOCK):  # stream: refine (tile BLOCK)
-        offs, x = _load_tile(row_ptr, start, V, BLOCK, False)
-        hist_a, hist_b, k_v, b_v, k_exact, b_exact = _refine_tile(
-            x, offs, V, m, c2, inv_t, a_open, a_lo32, a_span32, a_shift, b_lo32, b_span32,
-            b_shift, k_from32, b_from32, binmass_row, hist_a, hist_b, k_v, b_v, k_exact,
-            b_exact, K_SUM, EXACT, NB, BLOCK)
+    if EXACT:
+        for start in range(0, n_full, BLOCK):  # stream: exact refine (tile RARE_BLOCK)
+            offs, x = _load_tile(row_ptr, start, V, BLOCK, False)
+            hist_a, hist_b, k_v, b_v, k_exact, b_exact = _refine_tile(
+                x, offs, V, m, c2, inv_t, a_open, a_lo32, a_span32, a_shift, b_lo32,
+                b_span32, b_shift, k_from32, b_from32, binmass_row, hist_a, hist_b, k_v, b_v,
+                k_exact, b_exact, K_SUM, EXACT, NB, BLOCK)
+    else:
+        for start in range(0, n_full, BLOCK):  # stream: refine (tile BLOCK)
+            offs, x = _load_tile(row_ptr, start, V, BLOCK, False)
+            hist_a, hist_b, k_v, b_v, k_exact, b_exact = _refine_tile(
+                x, offs, V, m, c2, inv_t, a_open, a_lo32, a_span32, a_shift, b_lo32,
+                b_span32, b_shift, k_from32, b_from32, binmass_row, hist_a, hist_b, k_v, b_v,
+                k_exact, b_exact, K_SUM, EXACT, NB, BLOCK)
     if n_full < V:
         offs, x = _load_tile(row_ptr, n_full, V, BLOCK, True)
         hist_a, hist_b, k_v, b_v, k_exact, b_exact = _refine_tile(
@@ -778,7 +788,7 @@ def _refine_pass(row_ptr, V, m, inv_t, a_open, a_lo, a_hi, a_shift, b_open, b_lo
     bins = tl.arange(0, NB)
     if a_open:
         tl.store(_here(hist_row) + NB + bins, hist_a)
-    if b_open:
+    if b_open and not EXACT:   # (EXACT: the counts are known, _reuse_counts)
         outside = tl.cdiv(V, BLOCK) * BLOCK - n_b.to(tl.int32)    # counted in bin 0
         tl.store(_here(hist_row) + 2 * NB + bins, tl.where(bins == 0, hist_b - outside, hist_b))
     return tl.sum(k_v.to(tl.float64), 0), tl.sum(b_v.to(tl.float64), 0), \
@@ -1203,6 +1213,61 @@ def _finish(row_ptr, V, row, m, inv_t, token, x_tok, kept_lo, kept_mass, greedy,
 
 
 @_device
+def _bin_mass_pass(row_ptr, V, m, inv_t, binmass_row, BIN_BITS: tl.constexpr,
+                   BLOCK: tl.constexpr):
+    """The exact mass of each of pass 1's bins (keys' top BIN_BITS bits): the sum of
+    _term over its tokens, by integer atomics (order-free).  A token of no mass (below
+    2^-40 of the max's weight: much of a long tail) skips its atomic."""
+    SHIFT: tl.constexpr = 32 - BIN_BITS
+    n_full = V - V % BLOCK
+    for start in range(0, n_full, BLOCK):  # stream: bin masses (tile RARE_BLOCK)
+        offs, x = _load_tile(row_ptr, start, V, BLOCK, False)
+        t = _term(x, m, inv_t)
+        tl.atomic_add(_here(binmass_row) + (_key(x) >> SHIFT).to(tl.int32), t, mask=t != 0,
+                      sem="relaxed")
+    if n_full < V:
+        offs, x = _load_tile(row_ptr, n_full, V, BLOCK, True)
+        t = _term(x, m, inv_t)
+        tl.atomic_add(_here(binmass_row) + (_key(x) >> SHIFT).to(tl.int32), t, mask=t != 0,
+                      sem="relaxed")
+
+
+@_device
+def _bin_masses_of_bracket(binmass_row, lo, hi, BIN_BITS: tl.constexpr):
+    """From pass 1's bins' exact masses: (the row's mass, the mass above bracket B), and
+    B's bins' masses (B = [lo, hi], on pass 1's bin edges) in its histogram's place."""
+    NB: tl.constexpr = 1 << BIN_BITS
+    bins = tl.arange(0, NB)
+    first = (lo >> (32 - BIN_BITS)).to(tl.int32)
+    last = (hi >> (32 - BIN_BITS)).to(tl.int32)
+    tl.debug_barrier()
+    mass = tl.load(_here(binmass_row) + bins, cache_modifier=".cg")
+    z = tl.sum(mass, 0)
+    above = tl.sum(tl.where(bins > last, mass, 0), 0)
+    in_b = tl.load(_here(binmass_row) + first + bins, mask=first + bins <= last, other=0,
+                   cache_modifier=".cg")
+    tl.debug_barrier()
+    tl.store(_here(binmass_row) + bins, in_b)
+    return z, above
+
+
+@_device
+def _reuse_counts(hist_row, old_lo, lo, hi, shift, BIN_BITS: tl.constexpr):
+    """Bracket B's count histogram for an exact-bins refine, without counting: its bins
+    are those of the count histogram just classified (``old_lo`` on, same width 2^shift,
+    ``lo`` on one of their edges), so its counts are that histogram's from lo's bin on."""
+    NB: tl.constexpr = 1 << BIN_BITS
+    bins = tl.arange(0, NB)
+    first = ((lo - old_lo) >> shift).to(tl.int32)
+    last = ((hi - lo) >> shift).to(tl.int32)
+    tl.debug_barrier()
+    counts = tl.load(_here(hist_row) + 2 * NB + first + bins,
+                     mask=(bins <= last) & (first + bins < NB), other=0)
+    tl.debug_barrier()
+    tl.store(_here(hist_row) + 2 * NB + bins, counts)
+
+
+@_device
 def _classify_b(hist_row, binmass_row, b_lo, b_hi, b_shift, b_above, b_mass_lo, b_mass_hi,
                 exact_bins, pk_lo, pk_hi, floor_key, key_max, m, inv_t,
                 BIN_BITS: tl.constexpr):
@@ -1420,10 +1485,11 @@ def _filtered_row(row_ptr, V, m, z, inv_t, k, k_on, p, p_on, m_on, log_mp, seed,
             # ---- refine: finer histograms of the brackets, and bounds on the masses
             # above them; exact bin masses when the last refine gained no resolution
             exact_bins = ~b_done & (b_shift >= refine_shift)
-            refine_shift = b_shift
-            a_shift = tl.where(a_done, a_shift, _next_shift(a_lo, a_hi, BIN_BITS)).to(tl.int32)
             if exact_bins:
                 tl.store(_here(binmass_row) + bins, tl.zeros([NB], tl.int64))
+                _reuse_counts(hist_row, _get_i(st, 9), b_lo, b_hi, b_shift, BIN_BITS)
+            refine_shift = b_shift
+            a_shift = tl.where(a_done, a_shift, _next_shift(a_lo, a_hi, BIN_BITS)).to(tl.int32)
             k_from = tl.full([], 0, tl.int64)               # K = Z ...
             if TOP_K_FIRST:
                 k_from = tl.where(k_on, tl.where(a_done, theta_k, a_hi + 1), 0)   # ... or not
@@ -1432,7 +1498,15 @@ def _filtered_row(row_ptr, V, m, z, inv_t, k, k_on, p, p_on, m_on, log_mp, seed,
                    b_done, b_lo, b_hi, b_shift, b_above, b_mass_lo, b_mass_hi, theta_p,
                    k_set_lo, k_set_hi, k_set_known, exact_bins, refine_shift, z_lo, z_hi,
                    key_mp, k, k_on, p, p_on, seed, offset)
-            if exact_bins:  # rare: a count refine that gained no resolution
+            if exact_bins & ~k_on & (b_shift == 32 - BIN_BITS):
+                # the second pass of top-p alone: pass 1's count bounds are too loose to
+                # bracket its boundary (docs/design.md, "Top-p alone"), so the exact mass
+                # of each of pass 1's bins; K = Z (k_from = 0: top-k is off)
+                _bin_mass_pass(row_ptr, V, m, inv_t, binmass_row, BIN_BITS, RARE_BLOCK)
+                k_exact, b_exact = _bin_masses_of_bracket(binmass_row, b_lo, b_hi, BIN_BITS)
+                k_sum = tl.full([], 0.0, tl.float64)
+                b_sum = tl.full([], 0.0, tl.float64)
+            elif exact_bins:  # rare: a count refine that gained no resolution
                 k_sum, b_sum, k_exact, b_exact = _refine_pass(
                     row_ptr, V, m, inv_t, ~a_done, a_lo, a_hi, a_shift, ~b_done, b_lo, b_hi,
                     b_shift, n_b, k_from, b_hi + 1, binmass_row, hist_row, TOP_K_FIRST, True,
