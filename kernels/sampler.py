@@ -17,7 +17,8 @@ takes one of three paths, each a few streaming passes over the row in BLOCK-wide
            search   the counts pin the top-k threshold to a bin; count and mass bounds
                     bracket the top-p one; min-p is an exact key threshold (bisection).
            refine   when a bracket holds more tokens than the scratch: finer histograms
-                    and exact bin masses of the bracket (the next search narrows it).
+                    of it, or exact bin masses (the next search narrows it).  Top-p alone
+                    takes the exact masses of pass 1's bins (bin masses) first.
            collect  one pass marks every token that may be kept or whose mass matters
                     (a bit per lane per tile, no scan), with the exact normaliser when
                     top-p needs it; the marked tokens go to the scratch, where the
@@ -1433,114 +1434,115 @@ def _filtered_row(row_ptr, V, m, z, inv_t, k, k_on, p, p_on, m_on, log_mp, seed,
     n_b = tl.full([], 0, tl.int32)
     searching = ~no
 
-    while tl.condition(searching & (passes < MAX_PASSES), disable_licm=True):
-        # -- K: bounds on the top-p normaliser
-        k_lo = z_lo.to(tl.float64)
-        k_hi = z_hi.to(tl.float64)
-        if TOP_K_FIRST:
-            if k_on & k_set_known:
-                k_lo = k_set_lo.to(tl.float64)
-                k_hi = k_set_hi.to(tl.float64)
-        # -- bracket A (top-k): the bin of the k-th largest key, from exact counts.
-        n_a = tl.full([], 0, tl.int32)
-        tl.debug_barrier()
-        if ~a_done:
-            hist_a = tl.load(_here(hist_row) + NB + bins)
-            bk, above_bk, cnt_bk, bk_lo, bk_hi = _top_k_window(
-                hist_a, a_lo, a_hi, a_shift, a_above, k, NB)
-            if TOP_K_FIRST and HAS_TOP_P:
-                k_lo, k_hi = _top_k_mass_bounds(hist_a, a_lo, a_hi, a_shift, bk,
-                                                k - above_bk, a_mass_lo, a_mass_hi, key_max,
-                                                m, inv_t, NB)
-            # exact when bk is a single key, or when all of bk is kept
-            a_done = (a_shift == 0) | (above_bk + cnt_bk == k)
-            theta_k = bk_lo
-            a_above = above_bk.to(tl.int32)
-            a_lo = bk_lo
-            a_hi = bk_hi
-            n_a = tl.where(a_done, 0, cnt_bk).to(tl.int32)
-        # -- bracket B (top-p): each bin's mass bounded from its count and edges (exact
-        # after an exact-bins refine)
-        n_b = tl.full([], 0, tl.int32)
-        if ~b_done:
-            floor_key = tl.maximum(key_mp, tl.where(k_on, tl.where(a_done, theta_k, a_lo), 0))
-            pk_lo = p * k_lo
-            pk_hi = p * k_hi
-            # (the rest of the search's state waits in memory: the bins' float64 scans
-            # need the registers)
-            _stash(st, a_done, a_lo, a_hi, a_shift, a_above, a_mass_lo, a_mass_hi, theta_k,
-                   b_done, b_lo, b_hi, b_shift, b_above, b_mass_lo, b_mass_hi, theta_p,
-                   k_set_lo, k_set_hi, k_set_known, exact_bins, refine_shift, z_lo, z_hi,
-                   key_mp, k, k_on, p, p_on, seed, offset)
-            b_done, theta_p, b_lo, b_hi, b_shift, b_above, n_b = _classify_b(
-                hist_row, binmass_row, b_lo, b_hi, b_shift, b_above, b_mass_lo, b_mass_hi,
-                exact_bins, pk_lo, pk_hi, floor_key, key_max, m, inv_t, BIN_BITS)
-            a_done, a_lo, a_hi, a_shift, a_above, a_mass_lo, a_mass_hi, theta_k, b_done_, \
-                b_lo_, b_hi_, b_shift_, b_above_, b_mass_lo, b_mass_hi, theta_p_, k_set_lo, \
-                k_set_hi, k_set_known, exact_bins, refine_shift, z_lo, z_hi, key_mp, k, k_on, \
-                p, p_on, seed, offset = _unstash(st)
-
-        searching = n_a + n_b > CAP
-        if searching:
-            # ---- refine: finer histograms of the brackets, and bounds on the masses
-            # above them; exact bin masses when the last refine gained no resolution
-            exact_bins = ~b_done & (b_shift >= refine_shift)
-            if exact_bins:
-                tl.store(_here(binmass_row) + bins, tl.zeros([NB], tl.int64))
-                _reuse_counts(hist_row, _get_i(st, 9), b_lo, b_hi, b_shift, BIN_BITS)
-            refine_shift = b_shift
-            a_shift = tl.where(a_done, a_shift, _next_shift(a_lo, a_hi, BIN_BITS)).to(tl.int32)
-            k_from = tl.full([], 0, tl.int64)               # K = Z ...
+    if HAS_TOP_K or HAS_TOP_P:   # (min-p alone has no search; Triton 3.6 fails on its dead code)
+        while tl.condition(searching & (passes < MAX_PASSES), disable_licm=True):
+            # -- K: bounds on the top-p normaliser
+            k_lo = z_lo.to(tl.float64)
+            k_hi = z_hi.to(tl.float64)
             if TOP_K_FIRST:
-                k_from = tl.where(k_on, tl.where(a_done, theta_k, a_hi + 1), 0)   # ... or not
-            _put(st, 30, k_from)
-            _stash(st, a_done, a_lo, a_hi, a_shift, a_above, a_mass_lo, a_mass_hi, theta_k,
-                   b_done, b_lo, b_hi, b_shift, b_above, b_mass_lo, b_mass_hi, theta_p,
-                   k_set_lo, k_set_hi, k_set_known, exact_bins, refine_shift, z_lo, z_hi,
-                   key_mp, k, k_on, p, p_on, seed, offset)
-            if exact_bins & ~k_on & (b_shift == 32 - BIN_BITS):
-                # the second pass of top-p alone: pass 1's count bounds are too loose to
-                # bracket its boundary (docs/design.md, "Top-p alone"), so the exact mass
-                # of each of pass 1's bins; K = Z (k_from = 0: top-k is off)
-                _bin_mass_pass(row_ptr, V, m, inv_t, binmass_row, BIN_BITS, RARE_BLOCK)
-                k_exact, b_exact = _bin_masses_of_bracket(binmass_row, b_lo, b_hi, BIN_BITS)
-                k_sum = tl.full([], 0.0, tl.float64)
-                b_sum = tl.full([], 0.0, tl.float64)
-            elif exact_bins:  # rare: a count refine that gained no resolution
-                k_sum, b_sum, k_exact, b_exact = _refine_pass(
-                    row_ptr, V, m, inv_t, ~a_done, a_lo, a_hi, a_shift, ~b_done, b_lo, b_hi,
-                    b_shift, n_b, k_from, b_hi + 1, binmass_row, hist_row, TOP_K_FIRST, True,
-                    BIN_BITS, RARE_BLOCK)
-            else:
-                k_sum, b_sum, k_exact, b_exact = _refine_pass(
-                    row_ptr, V, m, inv_t, ~a_done, a_lo, a_hi, a_shift, ~b_done, b_lo, b_hi,
-                    b_shift, n_b, k_from, b_hi + 1, binmass_row, hist_row, TOP_K_FIRST, False,
-                    BIN_BITS, BLOCK)
-            passes += 1
-            a_done, a_lo, a_hi, a_shift, a_above, a_mass_lo, a_mass_hi, theta_k, b_done, \
-                b_lo, b_hi, b_shift, b_above, b_mass_lo, b_mass_hi, theta_p, k_set_lo, \
-                k_set_hi, k_set_known, exact_bins, refine_shift, z_lo, z_hi, key_mp, k, \
-                k_on, p, p_on, seed, offset = _unstash(st)
-            k_from = _get_i(st, 30)
-            sum_lo, sum_hi = _sum_bounds(k_sum, V, BLOCK)
-            ex_lo, ex_hi = _bounds32(k_exact.to(tl.float64), k_exact.to(tl.float64))
-            sum_lo = tl.where(exact_bins, ex_lo, sum_lo)
-            sum_hi = tl.where(exact_bins, ex_hi, sum_hi)
-            if k_from == 0:
-                if exact_bins:                   # (a count refine keeps pass 1's bounds)
-                    z_lo = sum_lo
-                    z_hi = sum_hi
-            elif a_done:
-                k_set_lo = sum_lo
-                k_set_hi = sum_hi
-                k_set_known = ~no
-            else:
-                a_mass_lo = sum_lo
-                a_mass_hi = sum_hi
-            b_mass_lo, b_mass_hi = _sum_bounds(b_sum, V, BLOCK)
-            ex_lo, ex_hi = _bounds32(b_exact.to(tl.float64), b_exact.to(tl.float64))
-            b_mass_lo = tl.where(exact_bins, ex_lo, b_mass_lo)
-            b_mass_hi = tl.where(exact_bins, ex_hi, b_mass_hi)
+                if k_on & k_set_known:
+                    k_lo = k_set_lo.to(tl.float64)
+                    k_hi = k_set_hi.to(tl.float64)
+            # -- bracket A (top-k): the bin of the k-th largest key, from exact counts.
+            n_a = tl.full([], 0, tl.int32)
+            tl.debug_barrier()
+            if ~a_done:
+                hist_a = tl.load(_here(hist_row) + NB + bins)
+                bk, above_bk, cnt_bk, bk_lo, bk_hi = _top_k_window(
+                    hist_a, a_lo, a_hi, a_shift, a_above, k, NB)
+                if TOP_K_FIRST and HAS_TOP_P:
+                    k_lo, k_hi = _top_k_mass_bounds(hist_a, a_lo, a_hi, a_shift, bk,
+                                                    k - above_bk, a_mass_lo, a_mass_hi, key_max,
+                                                    m, inv_t, NB)
+                # exact when bk is a single key, or when all of bk is kept
+                a_done = (a_shift == 0) | (above_bk + cnt_bk == k)
+                theta_k = bk_lo
+                a_above = above_bk.to(tl.int32)
+                a_lo = bk_lo
+                a_hi = bk_hi
+                n_a = tl.where(a_done, 0, cnt_bk).to(tl.int32)
+            # -- bracket B (top-p): each bin's mass bounded from its count and edges (exact
+            # after an exact-bins refine)
+            n_b = tl.full([], 0, tl.int32)
+            if ~b_done:
+                floor_key = tl.maximum(key_mp, tl.where(k_on, tl.where(a_done, theta_k, a_lo), 0))
+                pk_lo = p * k_lo
+                pk_hi = p * k_hi
+                # (the rest of the search's state waits in memory: the bins' float64 scans
+                # need the registers)
+                _stash(st, a_done, a_lo, a_hi, a_shift, a_above, a_mass_lo, a_mass_hi, theta_k,
+                       b_done, b_lo, b_hi, b_shift, b_above, b_mass_lo, b_mass_hi, theta_p,
+                       k_set_lo, k_set_hi, k_set_known, exact_bins, refine_shift, z_lo, z_hi,
+                       key_mp, k, k_on, p, p_on, seed, offset)
+                b_done, theta_p, b_lo, b_hi, b_shift, b_above, n_b = _classify_b(
+                    hist_row, binmass_row, b_lo, b_hi, b_shift, b_above, b_mass_lo, b_mass_hi,
+                    exact_bins, pk_lo, pk_hi, floor_key, key_max, m, inv_t, BIN_BITS)
+                a_done, a_lo, a_hi, a_shift, a_above, a_mass_lo, a_mass_hi, theta_k, b_done_, \
+                    b_lo_, b_hi_, b_shift_, b_above_, b_mass_lo, b_mass_hi, theta_p_, k_set_lo, \
+                    k_set_hi, k_set_known, exact_bins, refine_shift, z_lo, z_hi, key_mp, k, k_on, \
+                    p, p_on, seed, offset = _unstash(st)
+
+            searching = n_a + n_b > CAP
+            if searching:
+                # ---- refine: finer histograms of the brackets, and bounds on the masses
+                # above them; exact bin masses when the last refine gained no resolution
+                exact_bins = ~b_done & (b_shift >= refine_shift)
+                if exact_bins:
+                    tl.store(_here(binmass_row) + bins, tl.zeros([NB], tl.int64))
+                    _reuse_counts(hist_row, _get_i(st, 9), b_lo, b_hi, b_shift, BIN_BITS)
+                refine_shift = b_shift
+                a_shift = tl.where(a_done, a_shift, _next_shift(a_lo, a_hi, BIN_BITS)).to(tl.int32)
+                k_from = tl.full([], 0, tl.int64)               # K = Z ...
+                if TOP_K_FIRST:
+                    k_from = tl.where(k_on, tl.where(a_done, theta_k, a_hi + 1), 0)   # ... or not
+                _put(st, 30, k_from)
+                _stash(st, a_done, a_lo, a_hi, a_shift, a_above, a_mass_lo, a_mass_hi, theta_k,
+                       b_done, b_lo, b_hi, b_shift, b_above, b_mass_lo, b_mass_hi, theta_p,
+                       k_set_lo, k_set_hi, k_set_known, exact_bins, refine_shift, z_lo, z_hi,
+                       key_mp, k, k_on, p, p_on, seed, offset)
+                if exact_bins & ~k_on & (b_shift == 32 - BIN_BITS):
+                    # the second pass of top-p alone: pass 1's count bounds are too loose to
+                    # bracket its boundary (docs/design.md, "Top-p alone"), so the exact mass
+                    # of each of pass 1's bins; K = Z (k_from = 0: top-k is off)
+                    _bin_mass_pass(row_ptr, V, m, inv_t, binmass_row, BIN_BITS, RARE_BLOCK)
+                    k_exact, b_exact = _bin_masses_of_bracket(binmass_row, b_lo, b_hi, BIN_BITS)
+                    k_sum = tl.full([], 0.0, tl.float64)
+                    b_sum = tl.full([], 0.0, tl.float64)
+                elif exact_bins:  # rare: a count refine that gained no resolution
+                    k_sum, b_sum, k_exact, b_exact = _refine_pass(
+                        row_ptr, V, m, inv_t, ~a_done, a_lo, a_hi, a_shift, ~b_done, b_lo, b_hi,
+                        b_shift, n_b, k_from, b_hi + 1, binmass_row, hist_row, TOP_K_FIRST, True,
+                        BIN_BITS, RARE_BLOCK)
+                else:
+                    k_sum, b_sum, k_exact, b_exact = _refine_pass(
+                        row_ptr, V, m, inv_t, ~a_done, a_lo, a_hi, a_shift, ~b_done, b_lo, b_hi,
+                        b_shift, n_b, k_from, b_hi + 1, binmass_row, hist_row, TOP_K_FIRST, False,
+                        BIN_BITS, BLOCK)
+                passes += 1
+                a_done, a_lo, a_hi, a_shift, a_above, a_mass_lo, a_mass_hi, theta_k, b_done, \
+                    b_lo, b_hi, b_shift, b_above, b_mass_lo, b_mass_hi, theta_p, k_set_lo, \
+                    k_set_hi, k_set_known, exact_bins, refine_shift, z_lo, z_hi, key_mp, k, \
+                    k_on, p, p_on, seed, offset = _unstash(st)
+                k_from = _get_i(st, 30)
+                sum_lo, sum_hi = _sum_bounds(k_sum, V, BLOCK)
+                ex_lo, ex_hi = _bounds32(k_exact.to(tl.float64), k_exact.to(tl.float64))
+                sum_lo = tl.where(exact_bins, ex_lo, sum_lo)
+                sum_hi = tl.where(exact_bins, ex_hi, sum_hi)
+                if k_from == 0:
+                    if exact_bins:                   # (a count refine keeps pass 1's bounds)
+                        z_lo = sum_lo
+                        z_hi = sum_hi
+                elif a_done:
+                    k_set_lo = sum_lo
+                    k_set_hi = sum_hi
+                    k_set_known = ~no
+                else:
+                    a_mass_lo = sum_lo
+                    a_mass_hi = sum_hi
+                b_mass_lo, b_mass_hi = _sum_bounds(b_sum, V, BLOCK)
+                ex_lo, ex_hi = _bounds32(b_exact.to(tl.float64), b_exact.to(tl.float64))
+                b_mass_lo = tl.where(exact_bins, ex_lo, b_mass_lo)
+                b_mass_hi = tl.where(exact_bins, ex_hi, b_mass_hi)
 
     # ---- collect: every token whose status or mass still matters goes to the scratch:
     # the brackets and every key above the lower one.  With more of them than the

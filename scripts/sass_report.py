@@ -248,7 +248,8 @@ def stream_loops(instrs, labels, constexprs, warps):
     tiles = stream_tiles()
     rare = _marked_spans("rare")
     out = []
-    for start, end in loops(instrs, labels):
+    spans = loops(instrs, labels)
+    for start, end in spans:
         body = [i for i in instrs if start <= i.addr <= end]
         owners = {}
         for i in body:
@@ -258,7 +259,12 @@ def stream_loops(instrs, labels, constexprs, warps):
         if not owners:
             continue
         name, n = max(owners.items(), key=lambda kv: kv[1])
-        if n < len(body) / 2:
+        # Triton 3.9's line info names every inlining frame, so most of a stream's body
+        # lies in its marked lines; 3.6's names only the innermost frame or two, so there a
+        # loop that encloses no other and touches one stream's lines is that stream
+        innermost = not any(start <= s2 and e2 <= end and (s2, e2) != (start, end)
+                            for s2, e2 in spans)
+        if n < len(body) / 2 and not (innermost and len(owners) == 1):
             continue                  # an enclosing loop (the row loop), not a stream
         is_rare = [any(a <= ln <= b for a, b in rare.values() for ln in i.lines) for i in body]
         counts = {}

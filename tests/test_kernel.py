@@ -274,9 +274,9 @@ def test_pass_counts_of_each_path():
     assert passes(temperature=0.7, top_k=50, top_p=0.9) == [2]
     assert passes(top_k=50) == [2]
     # top-p alone on a flat tail: pass 1's count bounds cannot place the threshold (a
-    # head bin's upper bound alone exceeds p), so a refine sums exact bin masses first;
-    # a fourth read when the threshold's bin holds more tokens than the scratch
-    # (docs/design.md, "The bytes")
+    # head bin's upper bound alone exceeds p), so a pass sums the exact masses of pass 1's
+    # bins first; a fourth read when the threshold's bin holds more tokens than the
+    # scratch (docs/design.md, "Top-p alone")
     assert set(passes(top_p=0.95)) <= {3, 4}
     # filtered_probs adds one write pass
     assert passes(True, top_k=50) == [3]
