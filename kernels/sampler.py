@@ -746,8 +746,9 @@ def _refine_pass(row_ptr, V, m, inv_t, a_open, a_lo, a_hi, a_shift, b_open, b_lo
     b_from and, with K_SUM, at or above k_from (the top-k set and what may still join
     it), as float32 sums (bounds: _sum_bounds).  With EXACT (when the previous count
     histogram's resolution cannot be bettered) instead each bin of B's exact mass
-    (integer atomics) and both masses exactly: a variant of its own, since its int64
-    terms and atomic operands would otherwise hold registers in every refine.  Returns
+    (integer atomics; B's counts are that histogram's: _reuse_counts) and both masses
+    exactly, a lane a thread: a variant of its own, since its int64 terms and atomic
+    operands would otherwise hold registers in every refine.  Returns
     (k mass, b mass, exact k mass, exact b mass), the first two in units of the max
     token's weight (zero with EXACT), the last two zero without EXACT."""
     NB: tl.constexpr = 1 << BIN_BITS
@@ -766,7 +767,7 @@ def _refine_pass(row_ptr, V, m, inv_t, a_open, a_lo, a_hi, a_shift, b_open, b_lo
     k_exact = tl.zeros([BLOCK], tl.int64)
     b_exact = tl.zeros([BLOCK], tl.int64)
     n_full = V - V % BLOCK
-    if EXACT:
+    if EXACT:   # (the same loop twice: the SASS report names and sizes each stream)
         for start in range(0, n_full, BLOCK):  # stream: exact refine (tile RARE_BLOCK)
             offs, x = _load_tile(row_ptr, start, V, BLOCK, False)
             hist_a, hist_b, k_v, b_v, k_exact, b_exact = _refine_tile(
@@ -1434,7 +1435,7 @@ def _filtered_row(row_ptr, V, m, z, inv_t, k, k_on, p, p_on, m_on, log_mp, seed,
     n_b = tl.full([], 0, tl.int32)
     searching = ~no
 
-    if HAS_TOP_K or HAS_TOP_P:   # (min-p alone has no search; Triton 3.6 fails on its dead code)
+    if HAS_TOP_K or HAS_TOP_P:   # min-p alone has no search (Triton 3.6 crashed on its dead code)
         while tl.condition(searching & (passes < MAX_PASSES), disable_licm=True):
             # -- K: bounds on the top-p normaliser
             k_lo = z_lo.to(tl.float64)
