@@ -746,7 +746,7 @@ def _refine_pass(row_ptr, V, m, inv_t, a_open, a_lo, a_hi, a_shift, b_open, b_lo
     b_from and, with K_SUM, at or above k_from (the top-k set and what may still join
     it), as float32 sums (bounds: _sum_bounds).  With EXACT (when the previous count
     histogram's resolution cannot be bettered) instead each bin of B's exact mass
-    (integer atomics; B's counts are that histogram's: _reuse_counts) and both masses
+    (integer atomics; B's counts are that histogram's: _rebase_bins) and both masses
     exactly, a lane a thread: a variant of its own, since its int64 terms and atomic
     operands would otherwise hold registers in every refine.  Returns
     (k mass, b mass, exact k mass, exact b mass), the first two in units of the max
@@ -790,7 +790,7 @@ def _refine_pass(row_ptr, V, m, inv_t, a_open, a_lo, a_hi, a_shift, b_open, b_lo
     bins = tl.arange(0, NB)
     if a_open:
         tl.store(_here(hist_row) + NB + bins, hist_a)
-    if b_open and not EXACT:   # (EXACT: the counts are known, _reuse_counts)
+    if b_open and not EXACT:   # (EXACT: the counts are known, _rebase_bins)
         outside = tl.cdiv(V, BLOCK) * BLOCK - n_b.to(tl.int32)    # counted in bin 0
         tl.store(_here(hist_row) + 2 * NB + bins, tl.where(bins == 0, hist_b - outside, hist_b))
     return tl.sum(k_v.to(tl.float64), 0), tl.sum(b_v.to(tl.float64), 0), \
@@ -1237,36 +1237,31 @@ def _bin_mass_pass(row_ptr, V, m, inv_t, binmass_row, BIN_BITS: tl.constexpr,
 @_device
 def _bin_masses_of_bracket(binmass_row, lo, hi, BIN_BITS: tl.constexpr):
     """From pass 1's bins' exact masses: (the row's mass, the mass above bracket B), and
-    B's bins' masses (B = [lo, hi], on pass 1's bin edges) in its histogram's place."""
+    B's bins' masses (B = [lo, hi], on pass 1's bin edges) in their place."""
     NB: tl.constexpr = 1 << BIN_BITS
     bins = tl.arange(0, NB)
-    first = (lo >> (32 - BIN_BITS)).to(tl.int32)
-    last = (hi >> (32 - BIN_BITS)).to(tl.int32)
     tl.debug_barrier()
     mass = tl.load(_here(binmass_row) + bins, cache_modifier=".cg")
     z = tl.sum(mass, 0)
-    above = tl.sum(tl.where(bins > last, mass, 0), 0)
-    in_b = tl.load(_here(binmass_row) + first + bins, mask=first + bins <= last, other=0,
-                   cache_modifier=".cg")
-    tl.debug_barrier()
-    tl.store(_here(binmass_row) + bins, in_b)
+    above = tl.sum(tl.where(bins > (hi >> (32 - BIN_BITS)).to(tl.int32), mass, 0), 0)
+    _rebase_bins(_here(binmass_row), 0, lo, hi, 32 - BIN_BITS, BIN_BITS)
     return z, above
 
 
 @_device
-def _reuse_counts(hist_row, old_lo, lo, hi, shift, BIN_BITS: tl.constexpr):
-    """Bracket B's count histogram for an exact-bins refine, without counting: its bins
-    are those of the count histogram just classified (``old_lo`` on, same width 2^shift,
-    ``lo`` on one of their edges), so its counts are that histogram's from lo's bin on."""
+def _rebase_bins(slot, old_lo, lo, hi, shift, BIN_BITS: tl.constexpr):
+    """A histogram slot of bins 2^shift keys wide from ``old_lo`` on, made the histogram of
+    [lo, hi] (lo on one of its bin edges, the same width): its bins from lo's on, in place.
+    Bracket B's counts and masses for an exact-bins refine, without streaming them again."""
     NB: tl.constexpr = 1 << BIN_BITS
     bins = tl.arange(0, NB)
     first = ((lo - old_lo) >> shift).to(tl.int32)
     last = ((hi - lo) >> shift).to(tl.int32)
     tl.debug_barrier()
-    counts = tl.load(_here(hist_row) + 2 * NB + first + bins,
-                     mask=(bins <= last) & (first + bins < NB), other=0)
+    kept = tl.load(slot + first + bins, mask=(bins <= last) & (first + bins < NB), other=0,
+                   cache_modifier=".cg")
     tl.debug_barrier()
-    tl.store(_here(hist_row) + 2 * NB + bins, counts)
+    tl.store(slot + bins, kept)
 
 
 @_device
@@ -1490,7 +1485,9 @@ def _filtered_row(row_ptr, V, m, z, inv_t, k, k_on, p, p_on, m_on, log_mp, seed,
                 exact_bins = ~b_done & (b_shift >= refine_shift)
                 if exact_bins:
                     tl.store(_here(binmass_row) + bins, tl.zeros([NB], tl.int64))
-                    _reuse_counts(hist_row, _get_i(st, 9), b_lo, b_hi, b_shift, BIN_BITS)
+                    # B's counts: the histogram just classified, from B's first bin on
+                _rebase_bins(_here(hist_row) + 2 * NB, _get_i(st, 9), b_lo, b_hi, b_shift,
+                             BIN_BITS)
                 refine_shift = b_shift
                 a_shift = tl.where(a_done, a_shift, _next_shift(a_lo, a_hi, BIN_BITS)).to(tl.int32)
                 k_from = tl.full([], 0, tl.int64)               # K = Z ...
