@@ -11,8 +11,9 @@ binder, so 16-byte alignment and divisibility are what a launch gets; the launch
   warp-instructions, instructions per element (``body x num_warps x 32 / elements per
   iteration``), and in the body the global loads, local-memory traffic (LDL/STL), atomics,
   barriers, MUFU and float64 instructions.  Instructions whose source lies inside an
-  ``if`` marked ``# rare: <why>`` (a branch a typical row does not take there) are counted
-  apart, as the ``rare`` column;
+  ``if`` marked ``# rare: <why>`` (a branch a typical row does not take there), and code
+  from outside the stream's function that the compiler merged into its loop, are counted
+  apart (the ``apart`` column);
 - a roofline estimate per call (``estimate``), next to the one-read HBM floor.
 
     python scripts/sass_report.py                 # every specialisation, markdown tables
@@ -177,8 +178,9 @@ def disassemble(cubin: bytes):
 
 def _marked_spans(marker):
     """{name: (first, last) line} of the statements whose first line carries ``# marker:``
-    (for a ``for`` or an ``if``: its body's lines).  A stream marker may name its tile when
-    it is not BLOCK: ``# stream: refine (tile RARE_BLOCK)``; see :func:`stream_tiles`."""
+    (a stream: its ``for`` line and body, where the loop's control lies too; a rare ``if``:
+    its body only, the condition runs on every row).  A stream marker may name its tile
+    when it is not BLOCK: ``# stream: refine (tile RARE_BLOCK)``; see :func:`stream_tiles`."""
     path = sampler.__file__
     src = open(path).read()
     lines = src.splitlines()
@@ -188,9 +190,26 @@ def _marked_spans(marker):
             m = re.search(rf"#\s*{marker}:\s*(.*)$", lines[node.lineno - 1])
             if m:
                 name = m.group(1).strip() or f"line {node.lineno}"
+                first = node.lineno if marker == "stream" else node.body[0].lineno
                 spans[f"{name} (line {node.lineno})" if marker == "rare" else name] = \
-                    (node.body[0].lineno, node.body[-1].end_lineno)
+                    (first, node.body[-1].end_lineno)
     return spans
+
+
+def _stream_functions():
+    """{stream name: (first, last) line of the function that holds its loop}."""
+    src = open(sampler.__file__).read()
+    lines = src.splitlines()
+    out = {}
+    for fn in ast.walk(ast.parse(src)):
+        if isinstance(fn, ast.FunctionDef):
+            for node in ast.walk(fn):
+                m = isinstance(node, ast.For) and \
+                    re.search(r"#\s*stream:\s*(.*)$", lines[node.lineno - 1])
+                if m:
+                    name = re.sub(r"\s*\(tile \w+\)$", "", m.group(1).strip())
+                    out[name] = (fn.lineno, fn.end_lineno)
+    return out
 
 
 def stream_tiles():
@@ -247,6 +266,7 @@ def stream_loops(instrs, labels, constexprs, warps):
     streams = {re.sub(r"\s*\(tile \w+\)$", "", k): v for k, v in _marked_spans("stream").items()}
     tiles = stream_tiles()
     rare = _marked_spans("rare")
+    functions = _stream_functions()
     out = []
     spans = loops(instrs, labels)
     for start, end in spans:
@@ -264,15 +284,21 @@ def stream_loops(instrs, labels, constexprs, warps):
         # loop that encloses no other and touches one stream's lines is that stream
         innermost = not any(start <= s2 and e2 <= end and (s2, e2) != (start, end)
                             for s2, e2 in spans)
-        if n < len(body) / 2 and not (innermost and len(owners) == 1):
+        full_frames = n >= len(body) / 2
+        if not full_frames and not (innermost and len(owners) == 1):
             continue                  # an enclosing loop (the row loop), not a stream
-        is_rare = [any(a <= ln <= b for a, b in rare.values() for ln in i.lines) for i in body]
+        # Apart from the stream's cost: the bodies of rare ifs, and (where the frames tell)
+        # code from outside the stream's function that the compiler merged into its loop
+        # (the proof's exact keys of a few lanes can share the exact race's loop)
+        a, b = functions[name]
+        apart = [any(lo <= ln <= hi for lo, hi in rare.values() for ln in i.lines) or
+                 (full_frames and not any(a <= ln <= b for ln in i.lines)) for i in body]
         counts = {}
-        for i, r in zip(body, is_rare):
+        for i, r in zip(body, apart):
             k = _kind(i.op)
             if k and not r:
                 counts[k] = counts.get(k, 0) + 1
-        common = sum(1 for r in is_rare if not r)
+        common = sum(1 for r in apart if not r)
         out.append(Loop(name, start, end, common, len(body) - common, counts,
                         common * warps * 32 / constexprs[tiles[name]]))
     return out
@@ -388,7 +414,7 @@ def per_pass(result):
 
 def print_tables(results):
     print("| specialisation | regs | spill st/ld B | stack B | smem B | loop | body | "
-          "instr/elem | H200 | rare | LDG | LDL/STL | atom | bar | MUFU | fp64 |")
+          "instr/elem | H200 | apart | LDG | LDL/STL | atom | bar | MUFU | fp64 |")
     print("|" + " --- |" * 17)
     for r in results:
         head = (f"| {r['spec']} | {r['registers']} | {r['spill_stores']}/{r['spill_loads']} | "
