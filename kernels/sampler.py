@@ -1486,8 +1486,8 @@ def _filtered_row(row_ptr, V, m, z, inv_t, k, k_on, p, p_on, m_on, log_mp, seed,
                 if exact_bins:
                     tl.store(_here(binmass_row) + bins, tl.zeros([NB], tl.int64))
                     # B's counts: the histogram just classified, from B's first bin on
-                _rebase_bins(_here(hist_row) + 2 * NB, _get_i(st, 9), b_lo, b_hi, b_shift,
-                             BIN_BITS)
+                    _rebase_bins(_here(hist_row) + 2 * NB, _get_i(st, 9), b_lo, b_hi,
+                                 b_shift, BIN_BITS)
                 refine_shift = b_shift
                 a_shift = tl.where(a_done, a_shift, _next_shift(a_lo, a_hi, BIN_BITS)).to(tl.int32)
                 k_from = tl.full([], 0, tl.int64)               # K = Z ...
