@@ -442,11 +442,12 @@ def _load_tile(row_ptr, start, V, BLOCK: tl.constexpr, MASKED: tl.constexpr):
 
 
 @_device
-def _greedy_pass(row_ptr, V, BLOCK: tl.constexpr):
-    """(max, first index of it) of the sanitised row: the greedy token."""
+def _greedy_pass(row_ptr, lo, V, BLOCK: tl.constexpr):
+    """(max, first index of it) of the sanitised tokens [lo, V) (lo a multiple of BLOCK;
+    the whole row, or one chunk of it): the greedy token."""
     m_v = tl.full([BLOCK], NEG_INF, tl.float32)
     arg_v = tl.zeros([BLOCK], tl.int32)
-    for start in range(0, V, BLOCK):  # stream: greedy
+    for start in range(lo, V, BLOCK):  # stream: greedy
         offs, x = _load_tile(row_ptr, start, V, BLOCK, True)
         arg_v = tl.where(x > m_v, offs, arg_v)
         m_v = tl.maximum(m_v, x)
@@ -489,16 +490,16 @@ def _race_step(x, w, inv_t, bias, c2, ub_v, m_v, z_v, LOGPROBS: tl.constexpr,
 
 
 @_device
-def _race_pass(row_ptr, V, seed, off_lo, off_hi, inv_t, bias, c2,
+def _race_pass(row_ptr, lo, V, seed, off_lo, off_hi, inv_t, bias, c2,
                LOGPROBS: tl.constexpr, NOISE_TEST: tl.constexpr, BLOCK: tl.constexpr):
-    """The one-read draw of a row with no filter: per lane the largest cheap bound of the
-    race key (anchored so that bias = 32 ln 2 - anchor / T), and with LOGPROBS the lane
-    max and normaliser."""
+    """The one-read draw over tokens [lo, V) of a row with no filter (lo a multiple of
+    BLOCK): per lane the largest cheap bound of the race key (anchored so that bias =
+    32 ln 2 - anchor / T), and with LOGPROBS the lane max and normaliser."""
     ub_v = tl.full([BLOCK], NEG_INF, tl.float32)
     m_v = tl.full([BLOCK // 4], -FLT_MAX, tl.float32)
     z_v = tl.zeros([BLOCK // 4], tl.float32)
-    n_full = V - V % BLOCK
-    for start in range(0, n_full, BLOCK):  # stream: race
+    n_full = V - (V - lo) % BLOCK
+    for start in range(lo, n_full, BLOCK):  # stream: race
         x = tl.load(row_ptr + start + tl.arange(0, BLOCK)).to(tl.float32)
         w = _tile_words(seed, off_lo, off_hi, start, 0, BLOCK)
         ub_v, m_v, z_v = _race_step(x, w, inv_t, bias, c2, ub_v, m_v, z_v, LOGPROBS,
@@ -533,12 +534,13 @@ def _kept_race_pass(row_ptr, V, seed, off_lo, off_hi, m, inv_t, bias, kept_lo,
 
 
 @_device
-def _settle(ub_v, anchor, inv_t, row_ptr, scratch_row, n_src, kept_lo, seed, off_lo, off_hi,
-            FROM_SCRATCH: tl.constexpr, BLOCK: tl.constexpr):
+def _settle(ub_v, anchor, inv_t, row_ptr, scratch_row, lo, n_src, kept_lo, seed, off_lo,
+            off_hi, FROM_SCRATCH: tl.constexpr, BLOCK: tl.constexpr):
     """Prove the race's winner from the lanes' cheap bounds ``ub_v``.
 
     The RACE_LANES lanes with the largest bounds get every token's exact key (a lane holds
-    tokens lane + t * BLOCK: of the row, or of the scratch's entries with FROM_SCRATCH);
+    tokens lo + lane + t * BLOCK below n_src: of the row, or of the scratch's entries with
+    FROM_SCRATCH);
     the best of those wins if every other lane's bound plus its margin lies below it.
     Only kept tokens count: key >= kept_lo.  Returns (proved, winner's exact key, its
     index, its logit).
@@ -555,14 +557,14 @@ def _settle(ub_v, anchor, inv_t, row_ptr, scratch_row, n_src, kept_lo, seed, off
         top = tl.where(r == i, lane, top)
         rest = tl.where(lanes == lane, NEG_INF, rest)
     rest_ub = tl.max(rest, 0)
-    n_tiles = tl.cdiv(n_src, BLOCK)
+    n_tiles = tl.cdiv(n_src - lo, BLOCK)
     best_key = tl.full([], NEG_INF, tl.float64)
     best_idx = tl.full([], NO_TOKEN, tl.int32)
     best_x = tl.full([], NEG_INF, tl.float32)
     lo32 = _u32(kept_lo)
     for t0 in range(0, n_tiles, 32):
         t = t0 + tl.arange(0, 32)
-        pos = top[:, None] + t[None, :] * BLOCK                      # [lanes, tiles]
+        pos = lo + top[:, None] + t[None, :] * BLOCK                 # [lanes, tiles]
         ok = (t[None, :] < n_tiles) & (pos < n_src)
         if FROM_SCRATCH:
             entry = tl.load(scratch_row + pos, mask=ok, other=0)
@@ -615,18 +617,20 @@ def _exact_race(row_ptr, V, m, inv_t, seed, off_lo, off_hi, kept_lo,
 
 
 @_device
-def _first_pass(row_ptr, V, inv_t, hist_row, HIST: tl.constexpr, BIN_BITS: tl.constexpr,
-                BLOCK: tl.constexpr):
-    """Max and normaliser sum exp((x - max) / T) (float32, per group of four neighbouring
-    lanes: their max, the group's sum rescaled once per tile; combined in float64); with
-    HIST, the count histogram of the keys' top BIN_BITS bits, stored in the program's
-    three histogram slots (pass 1's, bracket A's, bracket B's)."""
+def _first_pass(row_ptr, lo, V, inv_t, hist_row, HIST: tl.constexpr, BIN_BITS: tl.constexpr,
+                BLOCK: tl.constexpr, ADD: tl.constexpr = False):
+    """Max and normaliser sum exp((x - max) / T) of tokens [lo, V) (lo a multiple of
+    BLOCK; float32, per group of four neighbouring lanes: their max, the group's sum
+    rescaled once per tile; combined in float64); with HIST, the count histogram of the
+    keys' top BIN_BITS bits, stored in the program's three histogram slots (pass 1's,
+    bracket A's, bracket B's), or with ADD added to the first by atomics (a chunk's
+    share of its row's)."""
     NB: tl.constexpr = 1 << BIN_BITS
     c2 = tl.maximum(inv_t * LOG2E, 1e-30)             # T = inf: d * 0 would be NaN for -inf
     m_v = tl.full([BLOCK // 4], -FLT_MAX, tl.float32)
     z_v = tl.zeros([BLOCK // 4], tl.float32)
     hist = tl.zeros([NB], tl.int32)
-    for start in range(0, V, BLOCK):  # stream: first
+    for start in range(lo, V, BLOCK):  # stream: first
         offs, x = _load_tile(row_ptr, start, V, BLOCK, True)
         x4 = x.reshape([BLOCK // 4, 4])
         m_new = tl.maximum(m_v, tl.max(x4, 1))
@@ -644,10 +648,13 @@ def _first_pass(row_ptr, V, inv_t, hist_row, HIST: tl.constexpr, BIN_BITS: tl.co
     m = tl.where((m == -FLT_MAX) & (z == 0.0), NEG_INF, m)
     if HIST:
         bins = tl.arange(0, NB)
-        hist = tl.where(bins == 0, hist - (tl.cdiv(V, BLOCK) * BLOCK - V), hist)
-        tl.store(_here(hist_row) + bins, hist)
-        tl.store(_here(hist_row) + NB + bins, hist)
-        tl.store(_here(hist_row) + 2 * NB + bins, hist)
+        hist = tl.where(bins == 0, hist - (tl.cdiv(V - lo, BLOCK) * BLOCK - (V - lo)), hist)
+        if ADD:
+            tl.atomic_add(_here(hist_row) + bins, hist, sem="relaxed")
+        else:
+            tl.store(_here(hist_row) + bins, hist)
+            tl.store(_here(hist_row) + NB + bins, hist)
+            tl.store(_here(hist_row) + 2 * NB + bins, hist)
     return m, z
 
 
@@ -1021,7 +1028,7 @@ def _scratch_race(scratch_row, n, anchor, inv_t, kept_lo, seed, off_lo, off_hi,
         c = _noise_test(_cheap_key(tl.where(kept, _unkey(key), NEG_INF), w, inv_t, bias),
                         w, NOISE_TEST)
         ub_v = tl.maximum(ub_v, c)
-    return _settle(ub_v, anchor, inv_t, scratch_row, scratch_row, n, kept_lo, seed,
+    return _settle(ub_v, anchor, inv_t, scratch_row, scratch_row, 0, n, kept_lo, seed,
                    off_lo, off_hi, True, BLOCK)
 
 
@@ -1077,10 +1084,75 @@ def _sample_row(
     RARE_BLOCK: tl.constexpr, MAX_PASSES: tl.constexpr, NOISE_TEST: tl.constexpr,
 ):
     """One row, start to finish: the whole algorithm (module docstring)."""
-    # ---- per-row parameters: a tensor entry, or the scalar shared by every row.
-    # Out-of-range values can only arrive in tensors with validate=False; each has a
-    # defined meaning (docs/design.md, "Odd input"): T <= 0 or NaN is greedy, a NaN
-    # top_p / min_p is off, top_p <= 0 keeps the most probable tokens, min_p > 1 acts as 1.
+    greedy, inv_t, seed, offset, off_lo, off_hi, k, k_on, p, p_on, m_on, log_mp, plain = \
+        _row_params(row, V, temp_ptr, temp_val, topk_ptr, topk_val, topp_ptr, topp_val,
+                    minp_ptr, minp_val, seed_ptr, seed_val, offset_ptr, offset_val, TEMP_T,
+                    TOPK_T, TOPP_T, MINP_T, SEED_T, OFFSET_T, HAS_TOP_K, HAS_TOP_P, HAS_MIN_P)
+    no = greedy & ~greedy                                           # scalar False
+    race = plain
+    if PROBS:
+        race = no                         # filtered_probs: no draw, the normaliser first
+
+    if greedy:
+        m, token = _greedy_pass(row_ptr, 0, V, BLOCK)
+        _finish(row_ptr, V, row, m, inv_t, token, m, KEY_NEG_INF + 1, FIX, greedy, 1, 0,
+                tokens_ptr, logprobs_ptr, probs_row, stats_row, PROBS, LOGPROBS, STATS, BLOCK)
+    elif race:
+        # ---- the one-read draw: cheap bounds per lane, anchored at the first tile's max
+        # so that they stay small numbers; then the proof; an exact race if it fails.
+        offs0, x0 = _load_tile(row_ptr, 0, V, BLOCK, True)
+        anchor = tl.max(x0, 0)
+        anchor = tl.where(tl.abs(anchor) < FLT_MAX, anchor, 0.0)
+        c2 = tl.maximum(inv_t * LOG2E, 1e-30)         # T = inf: d * 0 is NaN for -inf
+        ub_v, m_v, z_v = _race_pass(row_ptr, 0, V, seed, off_lo, off_hi, inv_t,
+                                    BIAS_2_32 - anchor * inv_t, c2, LOGPROBS, NOISE_TEST,
+                                    BLOCK)
+        token = tl.full([], 0, tl.int32)
+        x_tok = tl.full([], NEG_INF, tl.float32)
+        proved = no
+        if tl.abs(tl.max(ub_v, 0)) < POS_INF:
+            proved, key_won, token, x_tok = _settle(ub_v, anchor, inv_t, row_ptr, scratch_row,
+                                                    0, V, KEY_NEG_INF + 1, seed, off_lo, off_hi,
+                                                    False, BLOCK)
+        m = tl.full([], 0.0, tl.float32)
+        kept_mass = tl.full([], FIX, tl.float64)
+        if LOGPROBS:
+            m = tl.max(m_v, 0)
+            kept_mass = tl.sum(z_v.to(tl.float64) * tl.exp2((m_v - m) * c2).to(tl.float64),
+                               0) * FIX
+            # (an extreme temperature can overflow the groups' rescale: the exact path)
+            proved = proved & (kept_mass < POS_INF) & (kept_mass >= FIX)
+        if proved:
+            _finish(row_ptr, V, row, m, inv_t, token, x_tok, KEY_NEG_INF + 1, kept_mass,
+                    greedy, 1, 0, tokens_ptr, logprobs_ptr, probs_row, stats_row, PROBS,
+                    LOGPROBS, STATS, BLOCK)
+        if ~proved:  # rare: the bounds prove no winner, or the row holds +-inf
+            _race_fallback(row_ptr, V, row, inv_t, greedy, seed, off_lo, off_hi, hist_row,
+                           tokens_ptr, logprobs_ptr, probs_row, stats_row, PROBS, LOGPROBS,
+                           STATS, BIN_BITS, BLOCK, RARE_BLOCK)
+    else:
+        # ---- filtered rows, and every non-greedy row of filtered_probs
+        m, z = _first_pass(row_ptr, 0, V, inv_t, hist_row, HAS_TOP_K or HAS_TOP_P, BIN_BITS,
+                           BLOCK)
+        _after_first_pass(
+            row_ptr, V, row, m, z, V, inv_t, greedy, plain, k, k_on, p, p_on, m_on, log_mp,
+            seed, offset, off_lo, off_hi, scratch_row, binmass_row, hist_row, tokens_ptr,
+            logprobs_ptr, probs_row, stats_row, HAS_TOP_K, HAS_TOP_P, JOINT, PROBS, LOGPROBS,
+            STATS, BLOCK, BIN_BITS, CAP, CHUNK, RARE_BLOCK, MAX_PASSES, NOISE_TEST)
+
+
+@_device
+def _row_params(row, V, temp_ptr, temp_val, topk_ptr, topk_val, topp_ptr, topp_val, minp_ptr,
+                minp_val, seed_ptr, seed_val, offset_ptr, offset_val, TEMP_T: tl.constexpr,
+                TOPK_T: tl.constexpr, TOPP_T: tl.constexpr, MINP_T: tl.constexpr,
+                SEED_T: tl.constexpr, OFFSET_T: tl.constexpr, HAS_TOP_K: tl.constexpr,
+                HAS_TOP_P: tl.constexpr, HAS_MIN_P: tl.constexpr):
+    """A row's parameters: a tensor entry, or the scalar shared by every row.  Returns
+    (greedy, 1/T, seed, offset and its halves, k, k_on, p, p_on, m_on, log min_p, plain).
+
+    Out-of-range values can only arrive in tensors with validate=False; each has a
+    defined meaning (docs/design.md, "Odd input"): T <= 0 or NaN is greedy, a NaN
+    top_p / min_p is off, top_p <= 0 keeps the most probable tokens, min_p > 1 acts as 1."""
     t = _param(temp_ptr, temp_val, row, TEMP_T, tl.float32)
     seed = _param(seed_ptr, seed_val, row, SEED_T, tl.int64)
     offset = _param(offset_ptr, offset_val, row, OFFSET_T, tl.int64)
@@ -1108,86 +1180,66 @@ def _sample_row(
         mp = tl.minimum(mp, 1.0)
     log_mp = tl.log(tl.where(m_on, mp, 1.0))
     plain = ~greedy & ~k_on & ~p_on & ~m_on
-    race = plain
-    if PROBS:
-        race = no                         # filtered_probs: no draw, the normaliser first
+    return greedy, inv_t, seed, offset, off_lo, off_hi, k, k_on, p, p_on, m_on, log_mp, plain
 
-    passes = tl.full([], 0, tl.int32)
-    if greedy:
-        m, token = _greedy_pass(row_ptr, V, BLOCK)
-        _finish(row_ptr, V, row, m, inv_t, token, m, KEY_NEG_INF + 1, FIX, greedy, 1, 0,
-                tokens_ptr, logprobs_ptr, probs_row, stats_row, PROBS, LOGPROBS, STATS, BLOCK)
-    elif race:
-        # ---- the one-read draw: cheap bounds per lane, anchored at the first tile's max
-        # so that they stay small numbers; then the proof; an exact race if it fails.
-        offs0, x0 = _load_tile(row_ptr, 0, V, BLOCK, True)
-        anchor = tl.max(x0, 0)
-        anchor = tl.where(tl.abs(anchor) < FLT_MAX, anchor, 0.0)
-        c2 = tl.maximum(inv_t * LOG2E, 1e-30)         # T = inf: d * 0 is NaN for -inf
-        ub_v, m_v, z_v = _race_pass(row_ptr, V, seed, off_lo, off_hi, inv_t,
-                                    BIAS_2_32 - anchor * inv_t, c2, LOGPROBS, NOISE_TEST,
-                                    BLOCK)
-        token = tl.full([], 0, tl.int32)
-        x_tok = tl.full([], NEG_INF, tl.float32)
-        proved = no
-        if tl.abs(tl.max(ub_v, 0)) < POS_INF:
-            proved, key_won, token, x_tok = _settle(ub_v, anchor, inv_t, row_ptr, scratch_row,
-                                                    V, KEY_NEG_INF + 1, seed, off_lo, off_hi,
-                                                    False, BLOCK)
-        m = tl.full([], 0.0, tl.float32)
+
+@_device
+def _race_fallback(row_ptr, V, row, inv_t, greedy, seed, off_lo, off_hi, hist_row, tokens_ptr,
+                   logprobs_ptr, probs_row, stats_row, PROBS: tl.constexpr,
+                   LOGPROBS: tl.constexpr, STATS: tl.constexpr, BIN_BITS: tl.constexpr,
+                   BLOCK: tl.constexpr, RARE_BLOCK: tl.constexpr):
+    """A row with no filter whose race proved nothing (about never), or that holds +-inf:
+    the row's max, then the exact race and the normaliser, or the special rows' draw."""
+    m, mode = _row_max_and_mode(row_ptr, V, RARE_BLOCK)
+    if mode == 0:
+        key_exact, token, x_tok = _exact_race(row_ptr, V, m, inv_t, seed, off_lo, off_hi,
+                                              KEY_NEG_INF + 1, RARE_BLOCK)
+        passes = 3
         kept_mass = tl.full([], FIX, tl.float64)
         if LOGPROBS:
-            m = tl.max(m_v, 0)
-            kept_mass = tl.sum(z_v.to(tl.float64) * tl.exp2((m_v - m) * c2).to(tl.float64),
-                               0) * FIX
-            # (an extreme temperature can overflow the groups' rescale: the exact path)
-            proved = proved & (kept_mass < POS_INF) & (kept_mass >= FIX)
-        if proved:
-            _finish(row_ptr, V, row, m, inv_t, token, x_tok, KEY_NEG_INF + 1, kept_mass,
-                    greedy, 1, 0, tokens_ptr, logprobs_ptr, probs_row, stats_row, PROBS,
-                    LOGPROBS, STATS, BLOCK)
-        if ~proved:  # rare: the bounds prove no winner, or the row holds +-inf
-            m, mode = _row_max_and_mode(row_ptr, V, RARE_BLOCK)
-            if mode == 0:
-                key_exact, token, x_tok = _exact_race(row_ptr, V, m, inv_t, seed, off_lo,
-                                                      off_hi, KEY_NEG_INF + 1, RARE_BLOCK)
-                passes = 3
-                if LOGPROBS:
-                    m_again, z = _first_pass(row_ptr, V, inv_t, hist_row, False, BIN_BITS,
-                                             BLOCK)
-                    kept_mass = z * FIX
-                    passes = 4
-                _finish(row_ptr, V, row, m, inv_t, token, x_tok, KEY_NEG_INF + 1, kept_mass,
-                        greedy, passes, 1, tokens_ptr, logprobs_ptr, probs_row, stats_row,
-                        PROBS, LOGPROBS, STATS, BLOCK)
-            else:
-                _special_row(row_ptr, V, row, mode, seed, off_lo, off_hi, 2, 1, tokens_ptr,
-                             logprobs_ptr, probs_row, stats_row, PROBS, LOGPROBS, STATS,
-                             RARE_BLOCK)
+            m_again, z = _first_pass(row_ptr, 0, V, inv_t, hist_row, False, BIN_BITS, BLOCK)
+            kept_mass = z * FIX
+            passes = 4
+        _finish(row_ptr, V, row, m, inv_t, token, x_tok, KEY_NEG_INF + 1, kept_mass, greedy,
+                passes, 1, tokens_ptr, logprobs_ptr, probs_row, stats_row, PROBS, LOGPROBS,
+                STATS, BLOCK)
     else:
-        # ---- filtered rows, and every non-greedy row of filtered_probs
-        m, z = _first_pass(row_ptr, V, inv_t, hist_row, HAS_TOP_K or HAS_TOP_P, BIN_BITS,
-                           BLOCK)
-        if (m == POS_INF) | (z == 0.0):  # rare: the row's max is +-inf (validate=False)
-            _special_row(row_ptr, V, row, tl.where(m == POS_INF, 1, 2), seed, off_lo, off_hi,
-                         1, 0, tokens_ptr, logprobs_ptr, probs_row, stats_row, PROBS,
-                         LOGPROBS, STATS, RARE_BLOCK)
-        elif plain:
-            # filtered_probs of a row with no filter: every finite token, pass 1's sum
-            _finish(row_ptr, V, row, m, inv_t, 0, m, KEY_NEG_INF + 1, z * FIX, greedy, 1, 0,
-                    tokens_ptr, logprobs_ptr, probs_row, stats_row, PROBS, LOGPROBS, STATS,
-                    BLOCK)
-        else:
-            token, kept_lo, kept_mass, passes, fallbacks = _filtered_row(
-                row_ptr, V, m, z, inv_t, k, k_on, p, p_on, m_on, log_mp, seed, offset,
-                scratch_row, binmass_row, hist_row, HAS_TOP_K, HAS_TOP_P, JOINT, PROBS,
-                LOGPROBS, BLOCK, BIN_BITS, CAP, CHUNK, RARE_BLOCK, MAX_PASSES, NOISE_TEST)
-            x_tok = m
-            if LOGPROBS:
-                x_tok = _sanitize(tl.load(row_ptr + tl.minimum(tl.maximum(token, 0), V - 1)))
-            _finish(row_ptr, V, row, m, inv_t, token, x_tok, kept_lo, kept_mass, greedy,
-                    passes, fallbacks, tokens_ptr, logprobs_ptr, probs_row, stats_row, PROBS,
-                    LOGPROBS, STATS, BLOCK)
+        _special_row(row_ptr, V, row, mode, seed, off_lo, off_hi, 2, 1, tokens_ptr,
+                     logprobs_ptr, probs_row, stats_row, PROBS, LOGPROBS, STATS, RARE_BLOCK)
+
+
+@_device
+def _after_first_pass(row_ptr, V, row, m, z, V_Z, inv_t, greedy, plain, k, k_on, p, p_on,
+                      m_on, log_mp, seed, offset, off_lo, off_hi, scratch_row, binmass_row,
+                      hist_row, tokens_ptr, logprobs_ptr, probs_row, stats_row,
+                      HAS_TOP_K: tl.constexpr, HAS_TOP_P: tl.constexpr, JOINT: tl.constexpr,
+                      PROBS: tl.constexpr, LOGPROBS: tl.constexpr, STATS: tl.constexpr,
+                      BLOCK: tl.constexpr, BIN_BITS: tl.constexpr, CAP: tl.constexpr,
+                      CHUNK: tl.constexpr, RARE_BLOCK: tl.constexpr, MAX_PASSES: tl.constexpr,
+                      NOISE_TEST: tl.constexpr):
+    """A filtered row (or a non-greedy row of filtered_probs) once pass 1 has its max m,
+    its normaliser z (float32 sums, bounded as sums over V_Z tokens: see _sum_bounds) and
+    its histogram: the rest of the row, to its results."""
+    if (m == POS_INF) | (z == 0.0):  # rare: the row's max is +-inf (validate=False)
+        _special_row(row_ptr, V, row, tl.where(m == POS_INF, 1, 2), seed, off_lo, off_hi,
+                     1, 0, tokens_ptr, logprobs_ptr, probs_row, stats_row, PROBS,
+                     LOGPROBS, STATS, RARE_BLOCK)
+    elif plain:
+        # filtered_probs of a row with no filter: every finite token, pass 1's sum
+        _finish(row_ptr, V, row, m, inv_t, 0, m, KEY_NEG_INF + 1, z * FIX, greedy, 1, 0,
+                tokens_ptr, logprobs_ptr, probs_row, stats_row, PROBS, LOGPROBS, STATS,
+                BLOCK)
+    else:
+        token, kept_lo, kept_mass, passes, fallbacks = _filtered_row(
+            row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, m_on, log_mp, seed, offset,
+            scratch_row, binmass_row, hist_row, HAS_TOP_K, HAS_TOP_P, JOINT, PROBS,
+            LOGPROBS, BLOCK, BIN_BITS, CAP, CHUNK, RARE_BLOCK, MAX_PASSES, NOISE_TEST)
+        x_tok = m
+        if LOGPROBS:
+            x_tok = _sanitize(tl.load(row_ptr + tl.minimum(tl.maximum(token, 0), V - 1)))
+        _finish(row_ptr, V, row, m, inv_t, token, x_tok, kept_lo, kept_mass, greedy,
+                passes, fallbacks, tokens_ptr, logprobs_ptr, probs_row, stats_row, PROBS,
+                LOGPROBS, STATS, BLOCK)
 
 
 @_device
@@ -1377,7 +1429,7 @@ def _unstash(st):
 
 
 @_device
-def _filtered_row(row_ptr, V, m, z, inv_t, k, k_on, p, p_on, m_on, log_mp, seed, offset,
+def _filtered_row(row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, m_on, log_mp, seed, offset,
                   scratch_row, binmass_row, hist_row, HAS_TOP_K: tl.constexpr,
                   HAS_TOP_P: tl.constexpr, JOINT: tl.constexpr, PROBS: tl.constexpr,
                   LOGPROBS: tl.constexpr, BLOCK: tl.constexpr, BIN_BITS: tl.constexpr,
@@ -1398,7 +1450,7 @@ def _filtered_row(row_ptr, V, m, z, inv_t, k, k_on, p, p_on, m_on, log_mp, seed,
         key_mp = _min_p_key(m, inv_t, log_mp)
     # The top-p normaliser K is Z (joint order, or no top-k) or the top-k set's mass.
     # Until the collect pass every mass is a bound: pass 1's float32 sum bounds Z.
-    z_lo, z_hi = _sum_bounds(z, V, BLOCK)
+    z_lo, z_hi = _sum_bounds(z, V_Z, BLOCK)
 
     # Bracket A holds the top-k threshold key, bracket B the top-p one: keys [lo, hi] in
     # 2^BIN_BITS bins of width 2^shift (the span of the bracket's last histogram); "done"
@@ -1630,7 +1682,7 @@ def _filtered_row(row_ptr, V, m, z, inv_t, k, k_on, p, p_on, m_on, log_mp, seed,
         passes += 1
         kept_mass = kept_fix.to(tl.float64)
         if not PROBS:
-            proved, key_won, token, x_won = _settle(ub_v, m, inv_t, row_ptr, scratch_row, V,
+            proved, key_won, token, x_won = _settle(ub_v, m, inv_t, row_ptr, scratch_row, 0, V,
                                                     kept_lo, seed, off_lo, off_hi, False,
                                                     BLOCK)
     else:
@@ -1646,6 +1698,251 @@ def _filtered_row(row_ptr, V, m, z, inv_t, k, k_on, p, p_on, m_on, log_mp, seed,
                                                 kept_lo, RARE_BLOCK)
         passes += 1
     return token, kept_lo, kept_mass, passes, fallbacks
+
+
+# ----------------------------------------------------------------------------- split rows
+# Small batches: each row is cut into chunks of whole tiles, one program per (chunk, row),
+# so that a batch of one still fills the GPU.  Each program streams its chunk once and
+# leaves a summary (PART int64 slots); the chunks of a row count themselves in with an
+# atomic, and the last to arrive combines the summaries and finishes the row.  No program
+# waits for another (the interpreter runs them one after another), and every combination
+# is exact: maxima, race winners (ties to the lowest index), integer histograms.
+
+PART = tl.constexpr(4)          # a chunk's summary: token or flag, logit, max, normaliser
+PARTS_AT_ONCE = tl.constexpr(64)
+PART_NONE = tl.constexpr(2 ** 31 - 1)   # the chunk has no finite logit (NO_TOKEN)
+PART_UNSURE = tl.constexpr(-1)          # the chunk's race proved nothing: the exact way
+
+
+@_device
+def _fence():
+    """fence.acq_rel.gpu in every thread: a program's stores are visible device-wide
+    before its arrival is counted, and the last program sees every chunk's stores after
+    it (the CUDA "threadfence reduction" pattern).  Nothing in the interpreter."""
+    if not IN_INTERPRETER:
+        tl.inline_asm_elementwise("fence.acq_rel.gpu; mov.b32 $0, $1;", "=r,r",
+                                  [tl.full([], 0, tl.int32)], dtype=tl.int32, is_pure=False,
+                                  pack=1)
+
+
+@_device
+def _part(parts_row, c, ok, slot):
+    """Slot ``slot`` of the summaries of chunks ``c`` (int64; 0 where not ok)."""
+    return tl.load(parts_row + c * PART + slot, mask=ok, other=0, cache_modifier=".cg")
+
+
+@_device
+def _part_f(parts_row, c, ok, slot, other):
+    return tl.where(ok, _part(parts_row, c, ok, slot).to(tl.float64, bitcast=True), other)
+
+
+@_device
+def _combine_greedy(parts_row, n_chunks):
+    """(max, first index of it) over the chunks' (max, first index)."""
+    best_x = tl.full([], NEG_INF, tl.float64)
+    best_i = tl.full([], NO_TOKEN, tl.int64)
+    for c0 in range(0, n_chunks, PARTS_AT_ONCE):
+        c = c0 + tl.arange(0, PARTS_AT_ONCE)
+        ok = c < n_chunks
+        x = _part_f(parts_row, c, ok, 1, NEG_INF)
+        xm = tl.max(x, 0)
+        im = tl.min(tl.where(ok & (x == xm), _part(parts_row, c, ok, 0), NO_TOKEN), 0)
+        win = (xm > best_x) | ((xm == best_x) & (im < best_i))
+        best_x = tl.where(win, xm, best_x)
+        best_i = tl.where(win, im, best_i)
+    return best_x.to(tl.float32), best_i
+
+
+@_device
+def _combine_race(parts_row, n_chunks, inv_t, c2, seed, off_lo, off_hi):
+    """The race's winner over the chunks' winners, and the row's max and normaliser.
+
+    Each chunk proved its winner against its own tokens; the row's winner is the best of
+    theirs, keys recomputed exactly under one anchor (the best winners' logit: any anchor
+    gives the same argmax), ties to the lowest index.  Returns (sure, token, its logit,
+    max, normaliser as float64 in units of the max's weight)."""
+    inv_t64 = inv_t.to(tl.float64)
+    anchor = tl.full([], NEG_INF, tl.float64)
+    m = tl.full([], NEG_INF, tl.float64)
+    unsure = tl.full([], 0, tl.int32)
+    for c0 in range(0, n_chunks, PARTS_AT_ONCE):
+        c = c0 + tl.arange(0, PARTS_AT_ONCE)
+        ok = c < n_chunks
+        idx = _part(parts_row, c, ok, 0)
+        won = ok & (idx >= 0) & (idx < PART_NONE)
+        anchor = tl.maximum(anchor, tl.max(_part_f(parts_row, c, won, 1, NEG_INF), 0))
+        m = tl.maximum(m, tl.max(_part_f(parts_row, c, ok, 2, NEG_INF), 0))
+        unsure += tl.sum((ok & (idx == PART_UNSURE)).to(tl.int32), 0)
+    m32 = m.to(tl.float32)
+    anchor = tl.where(anchor > NEG_INF, anchor, 0.0)
+    best_key = tl.full([], NEG_INF, tl.float64)
+    best_i = tl.full([], NO_TOKEN, tl.int32)
+    best_x = tl.full([], NEG_INF, tl.float32)
+    z = tl.full([], 0.0, tl.float64)
+    for c0 in range(0, n_chunks, PARTS_AT_ONCE):
+        c = c0 + tl.arange(0, PARTS_AT_ONCE)
+        ok = c < n_chunks
+        idx64 = _part(parts_row, c, ok, 0)
+        won = ok & (idx64 >= 0) & (idx64 < PART_NONE)
+        idx = tl.where(won, idx64, 0).to(tl.int32)
+        x = _part_f(parts_row, c, won, 1, NEG_INF).to(tl.float32)
+        g = _gumbel(_token_words(seed, off_lo, off_hi, idx, 0),
+                    _token_words(seed, off_lo, off_hi, idx, 1))
+        key = tl.where(won, _exact_key(x, anchor, inv_t64, g), NEG_INF)
+        k_best = tl.max(key, 0)
+        i_best = tl.min(tl.where(won & (key == k_best), idx, NO_TOKEN), 0)
+        x_best = tl.max(tl.where(won & (key == k_best) & (idx == i_best), x, NEG_INF), 0)
+        win = (k_best > best_key) | ((k_best == best_key) & (i_best < best_i))
+        best_key = tl.where(win, k_best, best_key)
+        best_i = tl.where(win, i_best, best_i)
+        best_x = tl.where(win, x_best, best_x)
+        # the chunks' normalisers, each relative to its own max
+        z_c = _part_f(parts_row, c, ok, 3, 0.0)
+        m_c = _part_f(parts_row, c, ok, 2, NEG_INF).to(tl.float32)
+        z += tl.sum(tl.where(z_c != 0.0, z_c * tl.exp2((m_c - m32) * c2).to(tl.float64), 0.0),
+                    0)
+    return (unsure == 0) & (best_key > NEG_INF), best_i, best_x, m32, z
+
+
+@_device
+def _combine_first(parts_row, n_chunks, c2):
+    """The row's max and normaliser from the chunks' pass-1 (max, normaliser)."""
+    m = tl.full([], NEG_INF, tl.float64)
+    for c0 in range(0, n_chunks, PARTS_AT_ONCE):
+        c = c0 + tl.arange(0, PARTS_AT_ONCE)
+        m = tl.maximum(m, tl.max(_part_f(parts_row, c, c < n_chunks, 2, NEG_INF), 0))
+    m32 = m.to(tl.float32)
+    z = tl.full([], 0.0, tl.float64)
+    for c0 in range(0, n_chunks, PARTS_AT_ONCE):
+        c = c0 + tl.arange(0, PARTS_AT_ONCE)
+        ok = c < n_chunks
+        z_c = _part_f(parts_row, c, ok, 3, 0.0)
+        m_c = _part_f(parts_row, c, ok, 2, NEG_INF).to(tl.float32)
+        z += tl.sum(tl.where(z_c != 0.0, z_c * tl.exp2((m_c - m32) * c2).to(tl.float64), 0.0),
+                    0)
+    return m32, z
+
+
+@triton.jit
+def _split_kernel(
+    logits_ptr, stride_row, V, chunk_len,
+    temp_ptr, temp_val, topk_ptr, topk_val, topp_ptr, topp_val, minp_ptr, minp_val,
+    seed_ptr, seed_val, offset_ptr, offset_val,
+    tokens_ptr, logprobs_ptr, scratch_ptr, binmass_ptr, hist_ptr, hist_stride, parts_ptr,
+    stats_ptr,
+    TEMP_T: tl.constexpr, TOPK_T: tl.constexpr, TOPP_T: tl.constexpr, MINP_T: tl.constexpr,
+    SEED_T: tl.constexpr, OFFSET_T: tl.constexpr,
+    HAS_TOP_K: tl.constexpr, HAS_TOP_P: tl.constexpr, HAS_MIN_P: tl.constexpr,
+    JOINT: tl.constexpr, LOGPROBS: tl.constexpr, STATS: tl.constexpr,
+    BLOCK: tl.constexpr, BIN_BITS: tl.constexpr, CAP: tl.constexpr, CHUNK: tl.constexpr,
+    RARE_BLOCK: tl.constexpr, MAX_PASSES: tl.constexpr, NOISE_TEST: tl.constexpr,
+):
+    """Rows split into chunks of ``chunk_len`` tokens (whole tiles): program (c, r) reads
+    chunk c of row r once.  Greedy: the chunk's max; plain: the chunk's race, proved on
+    the chunk, and its max and normaliser; filtered: the chunk's pass 1 (max, normaliser,
+    histogram by atomics).  The last chunk of a row to arrive combines them and runs the
+    rest of the row (a filtered row's search, collect pass and race) as _sample_row
+    does.  Per row: the scratch, B's bin masses, the histograms and the collect's words,
+    and the arrival counter (the last int32 of the row's histogram area, zero at launch)."""
+    NB: tl.constexpr = 1 << BIN_BITS
+    chunk = tl.program_id(0)
+    n_chunks = tl.num_programs(0)
+    row = tl.program_id(1).to(tl.int64)
+    row_ptr = logits_ptr + row * stride_row
+    lo = tl.minimum(chunk * chunk_len, V)
+    hi = tl.minimum(lo + chunk_len, V)
+    scratch_row = scratch_ptr + row * (CAP + 32)
+    binmass_row = binmass_ptr + row * NB
+    hist_row = hist_ptr + row * hist_stride
+    parts_row = parts_ptr + row * n_chunks * PART
+    part = parts_row + chunk * PART
+    greedy, inv_t, seed, offset, off_lo, off_hi, k, k_on, p, p_on, m_on, log_mp, plain = \
+        _row_params(row, V, temp_ptr, temp_val, topk_ptr, topk_val, topp_ptr, topp_val,
+                    minp_ptr, minp_val, seed_ptr, seed_val, offset_ptr, offset_val, TEMP_T,
+                    TOPK_T, TOPP_T, MINP_T, SEED_T, OFFSET_T, HAS_TOP_K, HAS_TOP_P, HAS_MIN_P)
+    c2 = tl.maximum(inv_t * LOG2E, 1e-30)             # T = inf: d * 0 is NaN for -inf
+
+    # ---- this chunk's one read
+    if greedy:
+        m_c, i_c = _greedy_pass(row_ptr, lo, hi, BLOCK)
+        _put(part, 0, i_c)
+        _put(part, 1, m_c)
+    elif plain:
+        offs0, x0 = _load_tile(row_ptr, lo, hi, BLOCK, True)
+        anchor = tl.max(x0, 0)
+        anchor = tl.where(tl.abs(anchor) < FLT_MAX, anchor, 0.0)
+        ub_v, m_v, z_v = _race_pass(row_ptr, lo, hi, seed, off_lo, off_hi, inv_t,
+                                    BIAS_2_32 - anchor * inv_t, c2, LOGPROBS, NOISE_TEST,
+                                    BLOCK)
+        ub = tl.max(ub_v, 0)
+        # no finite bound: no finite logit (-inf), or +inf / NaN bounds (the exact way)
+        i_c = tl.where(ub == NEG_INF, PART_NONE, PART_UNSURE)
+        x_c = tl.full([], NEG_INF, tl.float32)
+        if tl.abs(ub) < POS_INF:
+            proved, key_won, token, x_c = _settle(ub_v, anchor, inv_t, row_ptr, row_ptr, lo,
+                                                  hi, KEY_NEG_INF + 1, seed, off_lo, off_hi,
+                                                  False, BLOCK)
+            i_c = tl.where(proved, token, PART_UNSURE)
+        m_c = tl.full([], NEG_INF, tl.float32)
+        z_c = tl.full([], 0.0, tl.float64)
+        if LOGPROBS:
+            m_c = tl.max(m_v, 0)
+            z_c = tl.sum(z_v.to(tl.float64) * tl.exp2((m_v - m_c) * c2).to(tl.float64), 0)
+        _put(part, 0, i_c)
+        _put(part, 1, x_c)
+        _put(part, 2, m_c)
+        _put(part, 3, z_c)
+    else:
+        m_c, z_c = _first_pass(row_ptr, lo, hi, inv_t, hist_row, HAS_TOP_K or HAS_TOP_P,
+                               BIN_BITS, BLOCK, True)
+        _put(part, 2, m_c)
+        _put(part, 3, z_c)
+
+    # ---- count in; the last chunk of the row finishes it
+    _fence()
+    tl.debug_barrier()
+    arrived = tl.atomic_add(hist_row + hist_stride - 1, 1, sem="acq_rel")
+    if arrived == n_chunks - 1:
+        _fence()
+        stats_row = stats_ptr + row * 2
+        if greedy:
+            m, token = _combine_greedy(parts_row, n_chunks)
+            _finish(row_ptr, V, row, m, inv_t, token, m, KEY_NEG_INF + 1, FIX, greedy, 1, 0,
+                    tokens_ptr, logprobs_ptr, logprobs_ptr, stats_row, False, LOGPROBS, STATS,
+                    BLOCK)
+        elif plain:
+            proved, token, x_tok, m, z = _combine_race(parts_row, n_chunks, inv_t, c2, seed,
+                                                       off_lo, off_hi)
+            kept_mass = tl.full([], FIX, tl.float64)
+            if LOGPROBS:
+                kept_mass = z * FIX
+                proved = proved & (kept_mass < POS_INF) & (kept_mass >= FIX)
+            else:
+                m = tl.full([], 0.0, tl.float32)
+            if proved:
+                _finish(row_ptr, V, row, m, inv_t, token, x_tok, KEY_NEG_INF + 1, kept_mass,
+                        greedy, 1, 0, tokens_ptr, logprobs_ptr, logprobs_ptr, stats_row,
+                        False, LOGPROBS, STATS, BLOCK)
+            if ~proved:  # rare: a chunk proved nothing, or the row holds +-inf
+                _race_fallback(row_ptr, V, row, inv_t, greedy, seed, off_lo, off_hi,
+                               hist_row, tokens_ptr, logprobs_ptr, logprobs_ptr, stats_row,
+                               False, LOGPROBS, STATS, BIN_BITS, BLOCK, RARE_BLOCK)
+        else:
+            m, z = _combine_first(parts_row, n_chunks, c2)
+            if HAS_TOP_K or HAS_TOP_P:
+                bins = tl.arange(0, NB)
+                hist = tl.load(_here(hist_row) + bins, cache_modifier=".cg")
+                tl.store(_here(hist_row) + bins, hist)
+                tl.store(_here(hist_row) + NB + bins, hist)
+                tl.store(_here(hist_row) + 2 * NB + bins, hist)
+            # (each chunk's sum rounds once more, rescaled to the row max: bounded as if
+            # the row had a tile more per chunk)
+            _after_first_pass(
+                row_ptr, V, row, m, z, V + n_chunks * BLOCK, inv_t, greedy, plain, k, k_on, p,
+                p_on, m_on, log_mp, seed, offset, off_lo, off_hi, scratch_row, binmass_row,
+                hist_row, tokens_ptr, logprobs_ptr, logprobs_ptr, stats_row, HAS_TOP_K,
+                HAS_TOP_P, JOINT, False, LOGPROBS, STATS, BLOCK, BIN_BITS, CAP, CHUNK,
+                RARE_BLOCK, MAX_PASSES, NOISE_TEST)
 
 
 # ----------------------------------------------------------------------------- launcher
@@ -1708,10 +2005,39 @@ def program_memory(vocab: int, bin_bits: int = None, cap: int = None, block: int
     return (cap + 32) * 8 + (1 << bin_bits) * 8 + ((3 << bin_bits) + block) * 4
 
 
+def _param_args(a, dummy):
+    """The per-row parameters as kernel arguments (pointer, value pairs) and the
+    constexprs that say which are tensors and which filters are on."""
+    has_k, has_p, has_m = a.top_k is not None, a.top_p is not None, a.min_p is not None
+    temp_ptr, temp_val, temp_t = _scalar_or_tensor(a.temperature, torch.float32, dummy)
+    k_ptr, k_val, k_t = _scalar_or_tensor(a.top_k if has_k else 0, torch.int64, dummy)
+    p_ptr, p_val, p_t = _scalar_or_tensor(a.top_p if has_p else 1.0, torch.float64, dummy)
+    mp_ptr, mp_val, mp_t = _scalar_or_tensor(a.min_p if has_m else 0.0, torch.float32, dummy)
+    seed_ptr, seed_val, seed_t = _scalar_or_tensor(a.seed, torch.int64, dummy)
+    off_ptr, off_val, off_t = _scalar_or_tensor(a.offset, torch.int64, dummy)
+    args = (temp_ptr, temp_val, k_ptr, k_val, p_ptr, p_val, mp_ptr, mp_val,
+            seed_ptr, seed_val, off_ptr, off_val)
+    consts = dict(TEMP_T=temp_t, TOPK_T=k_t, TOPP_T=p_t, MINP_T=mp_t, SEED_T=seed_t,
+                  OFFSET_T=off_t, HAS_TOP_K=has_k, HAS_TOP_P=has_p, HAS_MIN_P=has_m,
+                  JOINT=a.order == "joint")
+    return args, consts
+
+
+def _sizes_consts(block, bin_bits, cap, noise_test):
+    return dict(BLOCK=block, BIN_BITS=bin_bits, CAP=cap, CHUNK=min(CHUNK_TILE, cap, block),
+                RARE_BLOCK=min(RARE_TILE, block), MAX_PASSES=max_passes(bin_bits),
+                NOISE_TEST=noise_test,
+                # No FMA contraction: the kernel's float32 / float64 arithmetic must round
+                # as the reference's separate operations do (Triton 3.9 still fuses by
+                # default); the race's bounds use explicit fma where they want one.
+                num_warps=max(4, min(16, block // 256)), enable_fp_fusion=False)
+
+
 def kernel_args(a, probs_mode: bool, *, return_logprobs: bool = True, block: int = None,
                 bin_bits: int = None, cap: int = None, programs: int = None,
                 stats: bool = False, noise_test: int = 0):
-    """The launch of a checked call (see fused_sampler._args.Call), without launching it.
+    """The launch of a checked call (see fused_sampler._args.Call) by _sample_kernel (a
+    program per row), without launching it.
 
     Returns (grid, args, constexprs and launch options, outputs) where outputs are
     (tokens int64 [B], logprobs float32 [B], probs float32 [B, V], stats int32 [B, 2]),
@@ -1727,17 +2053,9 @@ def kernel_args(a, probs_mode: bool, *, return_logprobs: bool = True, block: int
     dev = x.device
     sizes = _sizes_for(V)
     block, bin_bits, cap = block or sizes[0], bin_bits or sizes[1], cap or sizes[2]
-    has_k = a.top_k is not None
-    has_p = a.top_p is not None
-    has_m = a.min_p is not None
+    has_k, has_p, has_m = a.top_k is not None, a.top_p is not None, a.min_p is not None
     dummy = torch.empty(1, dtype=torch.int64, device=dev)
-    temp_ptr, temp_val, temp_t = _scalar_or_tensor(a.temperature, torch.float32, dummy)
-    k_ptr, k_val, k_t = _scalar_or_tensor(a.top_k if has_k else 0, torch.int64, dummy)
-    p_ptr, p_val, p_t = _scalar_or_tensor(a.top_p if has_p else 1.0, torch.float64, dummy)
-    mp_ptr, mp_val, mp_t = _scalar_or_tensor(a.min_p if has_m else 0.0, torch.float32, dummy)
-    seed_ptr, seed_val, seed_t = _scalar_or_tensor(a.seed, torch.int64, dummy)
-    off_ptr, off_val, off_t = _scalar_or_tensor(a.offset, torch.int64, dummy)
-
+    param_args, consts = _param_args(a, dummy)
     tokens = torch.empty(B, dtype=torch.int64, device=dev)
     logprobs = torch.empty(B, dtype=torch.float32, device=dev) if return_logprobs else dummy
     probs = torch.empty(B, V, dtype=torch.float32, device=dev) if probs_mode else dummy
@@ -1750,34 +2068,108 @@ def kernel_args(a, probs_mode: bool, *, return_logprobs: bool = True, block: int
     hists = torch.empty(grid, (3 << bin_bits) + block if has_k or has_p or has_m else 1,
                         dtype=torch.int32, device=dev)
     stats_out = torch.empty(B, 2, dtype=torch.int32, device=dev) if stats else dummy
-    args = (x, x.stride(0), V, B,
-            temp_ptr, temp_val, k_ptr, k_val, p_ptr, p_val, mp_ptr, mp_val,
-            seed_ptr, seed_val, off_ptr, off_val,
+    args = (x, x.stride(0), V, B, *param_args,
             tokens, logprobs, probs, scratch, binmass, hists, stats_out)
-    consts = dict(
-        TEMP_T=temp_t, TOPK_T=k_t, TOPP_T=p_t, MINP_T=mp_t, SEED_T=seed_t, OFFSET_T=off_t,
-        HAS_TOP_K=has_k, HAS_TOP_P=has_p, HAS_MIN_P=has_m, JOINT=a.order == "joint",
-        PROBS=probs_mode, LOGPROBS=return_logprobs and not probs_mode, STATS=stats,
-        BLOCK=block, BIN_BITS=bin_bits, CAP=cap, CHUNK=min(CHUNK_TILE, cap, block),
-        RARE_BLOCK=min(RARE_TILE, block),
-        MAX_PASSES=max_passes(bin_bits), NOISE_TEST=noise_test)
-    # No FMA contraction: the kernel's float32 / float64 arithmetic must round as the
-    # reference's separate operations do (Triton 3.9 still fuses by default); the race's
-    # bounds use explicit fma where they want one.
-    options = dict(num_warps=max(4, min(16, block // 256)), enable_fp_fusion=False)
-    return (grid,), args, {**consts, **options}, (tokens, logprobs, probs, stats_out)
+    consts.update(PROBS=probs_mode, LOGPROBS=return_logprobs and not probs_mode, STATS=stats,
+                  **_sizes_consts(block, bin_bits, cap, noise_test))
+    return (grid,), args, consts, (tokens, logprobs, probs, stats_out)
+
+
+CHUNKS_ENV = "FUSED_SAMPLER_CHUNKS"
+SPLIT_BLOCK_MIN = 1024
+
+
+def split_plan(B: int, V: int, device: torch.device, filtered: bool, chunks: int = None,
+               block: int = None):
+    """(chunks per row, tile width) when the rows of a [B, V] sampling call are split over
+    programs (_split_kernel), or None for one program per row (_sample_kernel).
+
+    ``chunks`` forces the split (so does the environment variable FUSED_SAMPLER_CHUNKS: the
+    test suite runs whole with it); chunks past a row's end are empty.  Otherwise only a
+    GPU splits, when the batch fills under half of the grid (two programs per SM): a row
+    gets as many chunks as fill the grid, each of whole tiles.  Rows with no filter may
+    take tiles half as wide (down to SPLIT_BLOCK_MIN) while the row has at most half as
+    many tiles as the grid wants chunks; filtered rows keep the full tile, because the last program runs the search's
+    later passes over the whole row alone.
+    """
+    if chunks is None and os.environ.get(CHUNKS_ENV):
+        chunks = int(os.environ[CHUNKS_ENV])
+    block = block or _sizes_for(V)[0]
+    if B == 0 or V == 0:
+        return None
+    if chunks is None:
+        if device.type != "cuda":
+            return None
+        chunks = _programs_for(device) // B
+        if chunks < 2:
+            return None
+        while not filtered and block > SPLIT_BLOCK_MIN and 2 * -(-V // block) <= chunks:
+            block //= 2
+        chunks = min(chunks, -(-V // block))
+        if chunks < 2:
+            return None
+    return max(1, int(chunks)), block
+
+
+def split_kernel_args(a, chunks: int, *, return_logprobs: bool = True, block: int = None,
+                      bin_bits: int = None, cap: int = None, stats: bool = False,
+                      noise_test: int = 0):
+    """The launch of a checked sampling call by _split_kernel, rows cut into ``chunks``
+    chunks of whole tiles (grid chunks x B); the rest as :func:`kernel_args`.  Scratch
+    memory is per row, and the histograms with each row's arrival counter start at zero
+    (one memset)."""
+    x = a.logits
+    B, V = x.shape
+    dev = x.device
+    sizes = _sizes_for(V)
+    block, bin_bits, cap = block or sizes[0], bin_bits or sizes[1], cap or sizes[2]
+    has_k, has_p, has_m = a.top_k is not None, a.top_p is not None, a.min_p is not None
+    dummy = torch.empty(1, dtype=torch.int64, device=dev)
+    param_args, consts = _param_args(a, dummy)
+    tokens = torch.empty(B, dtype=torch.int64, device=dev)
+    logprobs = torch.empty(B, dtype=torch.float32, device=dev) if return_logprobs else dummy
+    filtered = has_k or has_p or has_m
+    scratch = torch.empty(B, cap + 32, dtype=torch.int64, device=dev) if filtered else dummy
+    binmass = torch.empty(B, 1 << bin_bits, dtype=torch.int64, device=dev) if has_p \
+        else dummy
+    # per row: three histograms and the collect's words, then the arrival counter
+    hists = torch.zeros(B, ((3 << bin_bits) + block if filtered else 0) + 1,
+                        dtype=torch.int32, device=dev)
+    parts = torch.empty(B, chunks, 4, dtype=torch.int64, device=dev)
+    stats_out = torch.empty(B, 2, dtype=torch.int32, device=dev) if stats else dummy
+    tiles = -(-V // block)
+    chunk_len = -(-tiles // chunks) * block
+    args = (x, x.stride(0), V, chunk_len, *param_args, tokens, logprobs, scratch, binmass,
+            hists, hists.stride(0), parts, stats_out)
+    consts.update(LOGPROBS=return_logprobs, STATS=stats,
+                  **_sizes_consts(block, bin_bits, cap, noise_test))
+    return (chunks, B), args, consts, (tokens, logprobs, dummy, stats_out)
 
 
 def launch(a, probs_mode: bool, *, return_logprobs: bool = True, stats: bool = False,
-           **sizes):
-    """Run the kernel on a checked call (arguments as in :func:`kernel_args`).
+           chunks: int = None, **sizes):
+    """Run the kernel on a checked call (arguments as in :func:`kernel_args`; ``chunks``
+    as in :func:`split_plan`: filtered_probs never splits).
 
     Returns (tokens int64 [B], logprobs float32 [B] or None, probs float32 [B, V] or None,
     passes int32 [B] or None, exact fallbacks int32 [B] or None).
     """
-    grid, args, kwargs, (tokens, logprobs, probs, stats_out) = kernel_args(
-        a, probs_mode, return_logprobs=return_logprobs, stats=stats, **sizes)
-    _sample_kernel[grid](*args, **kwargs)
+    B, V = a.logits.shape
+    plan = None
+    if not probs_mode:
+        plan = split_plan(B, V, a.logits.device,
+                          a.top_k is not None or a.top_p is not None or a.min_p is not None,
+                          chunks, sizes.get("block"))
+    if plan is None:
+        grid, args, kwargs, (tokens, logprobs, probs, stats_out) = kernel_args(
+            a, probs_mode, return_logprobs=return_logprobs, stats=stats, **sizes)
+        _sample_kernel[grid](*args, **kwargs)
+    else:
+        sizes = {k: v for k, v in sizes.items() if k != "programs"}
+        sizes["block"] = plan[1]
+        grid, args, kwargs, (tokens, logprobs, probs, stats_out) = split_kernel_args(
+            a, plan[0], return_logprobs=return_logprobs, stats=stats, **sizes)
+        _split_kernel[grid](*args, **kwargs)
     return (tokens, logprobs if return_logprobs else None, probs if probs_mode else None,
             stats_out[:, 0] if stats else None, stats_out[:, 1] if stats else None)
 

@@ -11,8 +11,9 @@ The specialisation is the one a real launch gets: Triton's own binder reads the 
 GPU runs (128-bit loads where a launch would get them).
 
     python scripts/compile_check.py             # every filter / mode combination
-    python scripts/compile_check.py --quick     # four: all filters drawing and writing
-                                                # probs, plain, min-p alone
+    python scripts/compile_check.py --quick     # six: all filters drawing and writing
+                                                # probs, plain, min-p alone, and split
+                                                # rows plain and with all filters
 """
 import argparse
 import contextlib
@@ -54,8 +55,12 @@ def compile_call(a, probs_mode, arch, ptxas_log=False, **launch):
     Returns the compiled kernel, or (kernel, ptxas's -v report) with ``ptxas_log``: the
     registers, stack frame and spill bytes (a driverless compile has no other source of
     them)."""
-    _, args, kwargs, _ = sampler.kernel_args(a, probs_mode, **launch)
-    fn = sampler._sample_kernel
+    if launch.get("chunks"):          # rows split over programs (small batches)
+        _, args, kwargs, _ = sampler.split_kernel_args(a, **launch)
+        fn = sampler._split_kernel
+    else:
+        _, args, kwargs, _ = sampler.kernel_args(a, probs_mode, **launch)
+        fn = sampler._sample_kernel
     target = GPUTarget("cuda", arch, 32)
     signature, constexprs, attrs, options = _specialise(fn, args, kwargs, target)
     src = ASTSource(fn, signature, constexprs, attrs)
@@ -99,6 +104,11 @@ def calls(quick):
             name = (f"k={k:d} p={p:d} min_p={m:d} {order} "
                     f"{'probs' if probs_mode else 'sample'} {'tensors' if tensors else 'scalars'}")
             yield name, a, probs_mode, dict(stats=not probs_mode and tensors)
+    # split rows (small batches): the plain draw on narrow tiles, every filter on full ones
+    a = _args.check(x, 0.7, None, None, None, "top_k_first", seed=3, validate=False)
+    yield "split rows: plain sample scalars", a, False, dict(chunks=126, block=1024)
+    a = _args.check(x, 0.7, 50, 0.9, 0.05, "top_k_first", seed=3, validate=False)
+    yield "split rows: k=1 p=1 min_p=1 sample scalars", a, False, dict(chunks=32)
     if not quick:
         a = _args.check(torch.zeros(B, 100), 1.0, 5, 0.9, None, "top_k_first", seed=0,
                         validate=False)

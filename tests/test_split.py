@@ -1,0 +1,127 @@
+"""Rows split over programs (small batches): the same tokens for every chunk count.
+
+``launch(..., chunks=S)`` cuts each row into S chunks of whole tiles (_split_kernel); the
+last chunk of a row to arrive finishes it.  The token and log-prob must not depend on S:
+the reference's for every seed, with a last chunk shorter than the others, chunks past
+the row's end, and every row kind mixed in one launch.  Small tiles make several tiles
+per chunk, and small histograms and scratches make the filtered rows refine and gather
+after their split first pass.
+"""
+import pytest
+import torch
+
+from fused_sampler import _args, reference
+from fused_sampler.kernels import sampler
+
+from test_kernel import CASES, llm_like
+
+pytestmark = pytest.mark.interpreter
+
+SMALL = dict(block=64, bin_bits=5, cap=32)
+CHUNKS = [1, 2, 3, 7, 64]
+
+
+def call(logits, seed=None, **params):
+    return _args.check(logits, params.get("temperature", 1.0), params.get("top_k"),
+                       params.get("top_p"), params.get("min_p"),
+                       params.get("order", "top_k_first"),
+                       seed=torch.arange(logits.shape[0]) + 7 if seed is None else seed,
+                       offset=3, validate=False)
+
+
+def assert_split_matches(a, chunks, cfg=SMALL, **launch):
+    """Tokens and log-probs of the split launch are the reference's; its reads and
+    fallbacks are those of one program per row.  Returns the split launch's reads."""
+    tokens, logprobs, _, passes, fallbacks = sampler.launch(a, False, stats=True,
+                                                            chunks=chunks, **cfg, **launch)
+    ref_tokens, ref_logprobs = reference.draw(a)
+    assert torch.equal(tokens, ref_tokens), (tokens, ref_tokens)
+    torch.testing.assert_close(logprobs, ref_logprobs, rtol=1e-5, atol=1e-5)
+    whole = sampler.launch(a, False, stats=True, **cfg, **launch)
+    assert torch.equal(tokens, whole[0])
+    assert passes.tolist() == whole[3].tolist()
+    assert fallbacks.tolist() == whole[4].tolist()
+    return passes
+
+
+# every chunk count on the four row paths (greedy, the plain race, filtered rows with a
+# count refine, top-p with bin masses); the other filter combinations at S = 3
+SPLIT_CASES = [(case, s) for case in ("plain", "greedy", "top_k_top_p", "top_p")
+               for s in CHUNKS] + [(case, 3) for case in CASES
+                                   if case not in ("plain", "greedy", "top_k_top_p", "top_p")]
+
+
+@pytest.mark.parametrize("case, chunks", SPLIT_CASES, ids=[f"{c}-S{s}" for c, s in SPLIT_CASES])
+def test_the_token_does_not_depend_on_the_chunks(case, chunks):
+    # V = 600 in tiles of 64: 10 tiles; S = 3 makes chunks of 256, 256 and 88 tokens (the
+    # tail tile masked), S = 7 four of 128, one of 88 and two empty, S = 64 54 empty
+    a = call(llm_like(2, 600, seed=len(case)), **CASES[case])
+    assert_split_matches(a, chunks)
+
+
+@pytest.mark.parametrize("chunks", [2, 7])
+def test_every_row_kind_in_one_launch(chunks):
+    # per-row parameters: greedy, plain, top-k, top-p and min-p rows in the same grid
+    x = llm_like(5, 700, seed=2)
+    a = call(x, temperature=torch.tensor([0.0, 1.0, 0.8, 1.2, 0.5]),
+             top_k=torch.tensor([5, 0, 40, 0, 0]), top_p=torch.tensor([1.0, 1.0, 0.9, 0.7, 1.0],
+                                                                        dtype=torch.float64),
+             min_p=torch.tensor([0.0, 0.0, 0.0, 0.0, 0.1]))
+    assert_split_matches(a, chunks)
+
+
+@pytest.mark.parametrize("case", ["greedy", "plain", "top_k_top_p"])
+def test_ties_and_odd_rows_across_chunk_boundaries(case):
+    # chunks of 128: equal maxima in chunks 0 and 2 (greedy takes the first), a NaN,
+    # -inf chunks, a row of one value, a row with +inf, a row with no finite logit
+    x = llm_like(6, 600, seed=4)
+    x[0, 100] = x[0, 300] = x[0].max() + 5.0
+    x[1, :256] = float("-inf")
+    x[1, 400] = float("nan")
+    x[2] = 1.5
+    x[3, 520] = float("inf")
+    x[4] = float("-inf")
+    x[5, 128:] = float("-inf")
+    a = call(x, **CASES[case])
+    assert_split_matches(a, 5, dict(block=64, bin_bits=4, cap=16))
+
+
+@pytest.mark.parametrize("noise_test", [1, 2], ids=["loosest_bounds", "spoiled_bounds"])
+@pytest.mark.parametrize("case", ["plain", "temp"])
+def test_chunk_proofs_hold_at_the_margin_and_fall_back_exactly(case, noise_test):
+    # 1: every chunk's proof still holds (no fallback); 2: chunks prove nothing and the
+    # last program runs the whole row's exact race, counted as a fallback
+    a = call(llm_like(3, 500, seed=9), **CASES[case])
+    tokens, logprobs, _, passes, fallbacks = sampler.launch(
+        a, False, stats=True, chunks=3, noise_test=noise_test, **SMALL)
+    ref_tokens, ref_logprobs = reference.draw(a)
+    assert torch.equal(tokens, ref_tokens)
+    torch.testing.assert_close(logprobs, ref_logprobs, rtol=1e-5, atol=1e-5)
+    assert fallbacks.tolist() == [noise_test - 1] * 3
+
+
+def test_without_log_probs():
+    a = call(llm_like(2, 300, seed=5), temperature=0.9)
+    tokens, logprobs, *_ = sampler.launch(a, False, return_logprobs=False, chunks=3, **SMALL)
+    assert logprobs is None
+    assert torch.equal(tokens, reference.draw(a)[0])
+
+
+def test_the_chunk_count_follows_the_batch(monkeypatch):
+    # on a 132-SM GPU: 264 programs; no split on CPU, or once the batch fills half of them
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(sampler, "_programs_for", lambda device: 264)
+    monkeypatch.delenv(sampler.CHUNKS_ENV, raising=False)
+    V = 128256
+    assert sampler.split_plan(1, V, cuda, filtered=False) == (126, 1024)
+    assert sampler.split_plan(8, V, cuda, filtered=False) == (32, 4096)   # 33 wanted
+    assert sampler.split_plan(4, V, cuda, filtered=False) == (63, 2048)
+    assert sampler.split_plan(1, V, cuda, filtered=True) == (32, 4096)
+    assert sampler.split_plan(64, V, cuda, filtered=True) == (4, 4096)
+    assert sampler.split_plan(132, V, cuda, filtered=True) == (2, 4096)
+    assert sampler.split_plan(133, V, cuda, filtered=True) is None
+    assert sampler.split_plan(1, 1000, cuda, filtered=False) is None    # one tile
+    assert sampler.split_plan(1, V, torch.device("cpu"), filtered=False) is None
+    assert sampler.split_plan(1, V, torch.device("cpu"), filtered=False, chunks=3) == (3, 4096)
+    monkeypatch.setenv(sampler.CHUNKS_ENV, "7")
+    assert sampler.split_plan(200, V, torch.device("cpu"), filtered=True) == (7, 4096)
