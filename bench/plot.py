@@ -24,6 +24,7 @@ PLACEHOLDER = ("**No GPU results yet.** No numbers are shown until a GPU run has
                "`bench/results/<gpu>.json`; none are ever typed in by hand.")
 STYLE = {
     "fused_sampler": ("tab:red", "o"),
+    "fused_sampler_per_row": ("tab:orange", "o"),
     "flashinfer_top_k_first": ("tab:blue", "s"),
     "flashinfer_joint": ("tab:cyan", "D"),
     "flashinfer_probs": ("tab:purple", "v"),

@@ -130,6 +130,16 @@ def _v_class(V: int):
     return tuple(sampler._sizes_for(V)) + (V % 16 == 0,)
 
 
+def _split_class(B: int, V: int, case: str):
+    """The tile width of the split-row kernel that a call at (B, V) runs on this GPU, or
+    None for one program per row (docs/design.md, "Small batches")."""
+    if not cuda_ok():
+        return None
+    from fused_sampler.kernels import sampler
+    plan = sampler.split_plan(B, V, torch.device("cuda"), case != "plain")
+    return None if plan is None else plan[1]
+
+
 def _test_cases():
     """CASES of tests/test_gpu.py (loaded from the file), else the fallback copy."""
     try:
@@ -157,7 +167,7 @@ def specs(dry: bool) -> list:
         for case in cases:
             for V in ((1000,) if dry else vocabs):
                 for B in grid["batch"]:
-                    key = (dtype, case, _b_class(B), _v_class(V))
+                    key = (dtype, case, _b_class(B), _v_class(V), _split_class(B, V, case))
                     if key in seen:
                         continue
                     seen.add(key)
@@ -511,6 +521,9 @@ def phases(dry: bool) -> list:
     mk = lambda dts, vs: wl.Grid(g["batch"], vs, dts, cases)  # noqa: E731
     return [
         ("float32, V first", CORE_IMPLS, mk(f32, g["v_first"])),
+        # small batches: the split rows fused_sampler runs there against one program per row
+        ("float32, one program per row", ("fused_sampler_per_row",),
+         wl.Grid(g["batch"][:3], g["v_first"][-1:], f32, cases)),
         ("flashinfer float32, V first", FLASHINFER_IMPLS, mk(f32, g["v_first"])),
         ("bfloat16, V first", CORE_IMPLS, mk(bf16, g["v_first"])),
         ("flashinfer bfloat16, V first", FLASHINFER_IMPLS, mk(bf16, g["v_first"])),

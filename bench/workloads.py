@@ -63,6 +63,7 @@ GRIDS = {
 
 IMPLS = (
     "fused_sampler",
+    "fused_sampler_per_row",
     "flashinfer_top_k_first",
     "flashinfer_joint",
     "flashinfer_probs",
@@ -187,6 +188,25 @@ def _fused_sampler(params: dict, batch: int, device) -> Callable:
 
     def call(x):
         return fs.sample(x, **params, seed=seeds, validate=False, backend=backend)
+    return call
+
+
+def _fused_sampler_per_row(params: dict, batch: int, device) -> Callable:
+    """The kernel with one program per row whatever the batch (``chunks=0``): what
+    ``fused_sampler`` does at small batches without split rows (docs/design.md, "Small
+    batches")."""
+    device = torch.device(device)
+    if device.type != "cuda" and not interpreter_enabled():
+        raise Unavailable("the kernel needs CUDA or TRITON_INTERPRET=1")
+    from fused_sampler import _args
+    from fused_sampler.kernels import sampler
+    seeds = _seeds(batch, device)
+
+    def call(x):
+        a = _args.check(x, params.get("temperature", 1.0), params.get("top_k"),
+                        params.get("top_p"), params.get("min_p"), "top_k_first", seed=seeds,
+                        offset=0, validate=False)
+        return sampler.sample(a, return_logprobs=False, chunks=0)[0]
     return call
 
 
@@ -318,6 +338,8 @@ def build(impl: str, case: str, batch: int, device, compile_backend: str = "indu
     params = CASES[case]
     if impl == "fused_sampler":
         return _fused_sampler(params, batch, device)
+    if impl == "fused_sampler_per_row":
+        return _fused_sampler_per_row(params, batch, device)
     if impl == "torch_reference":
         return _torch_reference(params, batch, device)
     if impl == "torch_compile_reference":

@@ -823,12 +823,15 @@ def _collect_tile(x, valid, t_bit, m, inv_t, lo1, hi1, lo2, hi2, from_a, from_b,
 
 
 @_device
-def _flush(row_ptr, bits, group, words_row, scratch_row, n, CAP: tl.constexpr,
-           CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+def _flush(row_ptr, bits, g0, words_row, scratch_row, n, n_ptr, SHARED: tl.constexpr,
+           CAP: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
     """Move the marked tokens of one group of 32 tiles (bit t of lane l: token
-    (group * 32 + t) * BLOCK + l) to the scratch as (key << 32 | index) entries.  The
-    words go through memory and are read back CHUNK lanes at a time, one round per set
-    bit of the chunk's fullest word.  Counts past CAP without storing."""
+    g0 + t * BLOCK + l) to the scratch as (key << 32 | index) entries.  The words go
+    through memory and are read back CHUNK lanes at a time, one round per set bit of the
+    chunk's fullest word.  Counts past CAP without storing.  With SHARED the scratch is
+    the row's, filled by all its chunks: each round takes its slots from the row's count
+    at ``n_ptr`` (an atomic), so entries land in any order (everything that reads the
+    scratch is order-free)."""
     tl.store(_here(words_row) + tl.arange(0, BLOCK), bits)
     tl.debug_barrier()
     for c0 in range(0, BLOCK, CHUNK):
@@ -839,24 +842,29 @@ def _flush(row_ptr, bits, group, words_row, scratch_row, n, CAP: tl.constexpr,
             low = w & (0 - w)                                        # lowest set bit
             has = w != 0
             t = ((low.to(tl.float32).to(tl.int32, bitcast=True) >> 23) - 127)
-            idx = (group * 32 + t) * BLOCK + lanes
+            idx = g0 + t * BLOCK + lanes
             x = _sanitize(tl.load(row_ptr + idx, mask=has, other=NEG_INF))
-            pos = n + tl.cumsum(has.to(tl.int32), 0) - 1
+            count = tl.sum(has.to(tl.int32), 0)
+            base = n
+            if SHARED:
+                base = tl.atomic_add(n_ptr, count, sem="relaxed")
+            pos = base + tl.cumsum(has.to(tl.int32), 0) - 1
             entry = (_key(x).to(tl.int64) << 32) | idx.to(tl.int64)
             tl.store(scratch_row + pos, entry, mask=has & (pos < CAP))
-            n += tl.sum(has.to(tl.int32), 0)
+            n += count
             w = w ^ low
     tl.debug_barrier()
     return n
 
 
 @_device
-def _collect_pass(row_ptr, V, m, inv_t, lo1, hi1, lo2, hi2, NEED_Z, from_a, from_b,
-                  scratch_row, words_row, MASSES: tl.constexpr, CAP: tl.constexpr,
-                  CHUNK: tl.constexpr, BLOCK: tl.constexpr):
-    """Move every token with a key in [lo1, hi1] or [lo2, hi2] to the scratch (at most CAP
-    stored; the count returned is exact); with NEED_Z sum the row's exact mass, with
-    MASSES also the masses at or above from_a and from_b.
+def _collect_pass(row_ptr, lo, V, m, inv_t, lo1, hi1, lo2, hi2, NEED_Z, from_a, from_b,
+                  scratch_row, n_ptr, words_row, MASSES: tl.constexpr, SHARED: tl.constexpr,
+                  CAP: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+    """Move every token of [lo, V) (lo a multiple of BLOCK) with a key in [lo1, hi1] or
+    [lo2, hi2] to the scratch (at most CAP stored; the count returned is exact, of this
+    call's tokens; with SHARED, slots from the count at n_ptr: see _flush); with NEED_Z
+    sum their exact mass, with MASSES also the masses at or above from_a and from_b.
 
     A token is marked by a bit in its lane's word (bit t for the t-th tile of a group of
     32), which costs a compare and a select per token, and the words are moved to the
@@ -871,8 +879,8 @@ def _collect_pass(row_ptr, V, m, inv_t, lo1, hi1, lo2, hi2, NEED_Z, from_a, from
     above_a = tl.full([], 0, tl.int64)
     above_b = tl.full([], 0, tl.int64)
     n = tl.full([], 0, tl.int32)
-    n_full = V - V % BLOCK
-    for g0 in range(0, V, 32 * BLOCK):
+    n_full = V - (V - lo) % BLOCK
+    for g0 in range(lo, V, 32 * BLOCK):
         bits = tl.zeros([BLOCK], tl.int32)
         z_v = tl.zeros([BLOCK // 4], tl.int64)
         above_a_v = tl.zeros([BLOCK // 4], tl.int64)
@@ -892,7 +900,7 @@ def _collect_pass(row_ptr, V, m, inv_t, lo1, hi1, lo2, hi2, NEED_Z, from_a, from
         z += tl.sum(z_v, 0)
         above_a += tl.sum(above_a_v, 0)
         above_b += tl.sum(above_b_v, 0)
-        n = _flush(row_ptr, bits, g0 // (32 * BLOCK), words_row, scratch_row, n, CAP, CHUNK,
+        n = _flush(row_ptr, bits, g0, words_row, scratch_row, n, n_ptr, SHARED, CAP, CHUNK,
                    BLOCK)
     return n, z, above_a, above_b
 
@@ -1234,12 +1242,23 @@ def _after_first_pass(row_ptr, V, row, m, z, V_Z, inv_t, greedy, plain, k, k_on,
             row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, m_on, log_mp, seed, offset,
             scratch_row, binmass_row, hist_row, HAS_TOP_K, HAS_TOP_P, JOINT, PROBS,
             LOGPROBS, BLOCK, BIN_BITS, CAP, CHUNK, RARE_BLOCK, MAX_PASSES, NOISE_TEST)
-        x_tok = m
-        if LOGPROBS:
-            x_tok = _sanitize(tl.load(row_ptr + tl.minimum(tl.maximum(token, 0), V - 1)))
-        _finish(row_ptr, V, row, m, inv_t, token, x_tok, kept_lo, kept_mass, greedy,
-                passes, fallbacks, tokens_ptr, logprobs_ptr, probs_row, stats_row, PROBS,
-                LOGPROBS, STATS, BLOCK)
+        _finish_filtered(row_ptr, V, row, m, inv_t, token, kept_lo, kept_mass, greedy, passes,
+                         fallbacks, tokens_ptr, logprobs_ptr, probs_row, stats_row, PROBS,
+                         LOGPROBS, STATS, BLOCK)
+
+
+@_device
+def _finish_filtered(row_ptr, V, row, m, inv_t, token, kept_lo, kept_mass, greedy, passes,
+                     fallbacks, tokens_ptr, logprobs_ptr, probs_row, stats_row,
+                     PROBS: tl.constexpr, LOGPROBS: tl.constexpr, STATS: tl.constexpr,
+                     BLOCK: tl.constexpr):
+    """_finish for a filtered row: the token's logit read back for its log-prob."""
+    x_tok = m
+    if LOGPROBS:
+        x_tok = _sanitize(tl.load(row_ptr + tl.minimum(tl.maximum(token, 0), V - 1)))
+    _finish(row_ptr, V, row, m, inv_t, token, x_tok, kept_lo, kept_mass, greedy, passes,
+            fallbacks, tokens_ptr, logprobs_ptr, probs_row, stats_row, PROBS, LOGPROBS, STATS,
+            BLOCK)
 
 
 @_device
@@ -1267,14 +1286,15 @@ def _finish(row_ptr, V, row, m, inv_t, token, x_tok, kept_lo, kept_mass, greedy,
 
 
 @_device
-def _bin_mass_pass(row_ptr, V, m, inv_t, binmass_row, BIN_BITS: tl.constexpr,
+def _bin_mass_pass(row_ptr, lo, V, m, inv_t, binmass_row, BIN_BITS: tl.constexpr,
                    BLOCK: tl.constexpr):
-    """The exact mass of each of pass 1's bins (keys' top BIN_BITS bits): the sum of
-    _term over its tokens, by integer atomics (order-free).  A token of no mass (below
-    2^-40 of the max's weight: much of a long tail) skips its atomic."""
+    """The exact mass of each of pass 1's bins (keys' top BIN_BITS bits) over tokens
+    [lo, V) (lo a multiple of BLOCK): the sum of _term over its tokens, added by integer
+    atomics (order-free: a row's chunks add into the same bins).  A token of no mass
+    (below 2^-40 of the max's weight: much of a long tail) skips its atomic."""
     SHIFT: tl.constexpr = 32 - BIN_BITS
-    n_full = V - V % BLOCK
-    for start in range(0, n_full, BLOCK):  # stream: bin masses (tile RARE_BLOCK)
+    n_full = V - (V - lo) % BLOCK
+    for start in range(lo, n_full, BLOCK):  # stream: bin masses (tile RARE_BLOCK)
         offs, x = _load_tile(row_ptr, start, V, BLOCK, False)
         t = _term(x, m, inv_t)
         tl.atomic_add(_here(binmass_row) + (_key(x) >> SHIFT).to(tl.int32), t, mask=t != 0,
@@ -1439,6 +1459,37 @@ def _filtered_row(row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, m_on, log_mp, 
     row of filtered_probs).  Returns (token, kept_lo, exact kept mass, passes,
     fallbacks)."""
     NB: tl.constexpr = 1 << BIN_BITS
+    passes, dense, cand_lo = _search(
+        row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, m_on, log_mp, seed, offset,
+        scratch_row, binmass_row, hist_row, k_on & ~k_on, HAS_TOP_K, HAS_TOP_P, JOINT, BLOCK,
+        BIN_BITS, CAP, RARE_BLOCK, MAX_PASSES)
+    n = tl.full([], 0, tl.int32)
+    zc = tl.full([], 0, tl.int64)
+    if ~dense:
+        n, zc, unused_a, unused_b = _collect_pass(
+            row_ptr, 0, V, m, inv_t, cand_lo, KEY_NONE, KEY_NONE, 0,
+            _need_z(scratch_row + CAP, HAS_TOP_K and not JOINT), 0, 0, scratch_row, scratch_row,
+            hist_row + 3 * NB, False, False, CAP, CHUNK, BLOCK)
+        passes += 1
+    return _after_collect(row_ptr, V, m, inv_t, n, zc, dense, passes, scratch_row,
+                          binmass_row, hist_row + 3 * NB, HAS_TOP_K, JOINT, PROBS, LOGPROBS,
+                          BLOCK, BIN_BITS, CAP, CHUNK, RARE_BLOCK, NOISE_TEST)
+
+
+@_device
+def _search(row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, m_on, log_mp, seed, offset,
+            scratch_row, binmass_row, hist_row, bins_ready, HAS_TOP_K: tl.constexpr,
+            HAS_TOP_P: tl.constexpr, JOINT: tl.constexpr, BLOCK: tl.constexpr,
+            BIN_BITS: tl.constexpr, CAP: tl.constexpr, RARE_BLOCK: tl.constexpr,
+            MAX_PASSES: tl.constexpr):
+    """The search of a filtered row, from pass 1's max m, normaliser z (bounded as a sum
+    over V_Z tokens) and histogram, with its refine passes: the brackets of the
+    thresholds, narrow enough for the scratch.  With ``bins_ready`` the bin masses of
+    top-p alone are already summed (by a split launch): not streamed again, and counted
+    as a read whether the search uses them or not.  Returns (passes so far, dense: more
+    candidates than the scratch holds, the candidates' lowest key); the state waits in
+    the state area (_stash) for the collect pass and _after_collect."""
+    NB: tl.constexpr = 1 << BIN_BITS
     TOP_K_FIRST: tl.constexpr = HAS_TOP_K and not JOINT
     bins = tl.arange(0, NB)
     st = scratch_row + CAP                          # the program's state area
@@ -1535,8 +1586,10 @@ def _filtered_row(row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, m_on, log_mp, 
                 # ---- refine: finer histograms of the brackets, and bounds on the masses
                 # above them; exact bin masses when the last refine gained no resolution
                 exact_bins = ~b_done & (b_shift >= refine_shift)
+                bins_now = exact_bins & ~k_on & (b_shift == 32 - BIN_BITS)
                 if exact_bins:
-                    tl.store(_here(binmass_row) + bins, tl.zeros([NB], tl.int64))
+                    if ~(bins_now & bins_ready):
+                        tl.store(_here(binmass_row) + bins, tl.zeros([NB], tl.int64))
                     # B's counts: the histogram just classified, from B's first bin on
                     _rebase_bins(_here(hist_row) + 2 * NB, _get_i(st, 9), b_lo, b_hi,
                                  b_shift, BIN_BITS)
@@ -1550,11 +1603,13 @@ def _filtered_row(row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, m_on, log_mp, 
                        b_done, b_lo, b_hi, b_shift, b_above, b_mass_lo, b_mass_hi, theta_p,
                        k_set_lo, k_set_hi, k_set_known, exact_bins, refine_shift, z_lo, z_hi,
                        key_mp, k, k_on, p, p_on, seed, offset)
-                if exact_bins & ~k_on & (b_shift == 32 - BIN_BITS):
+                if bins_now:
                     # the second pass of top-p alone: pass 1's count bounds are too loose to
                     # bracket its boundary (docs/design.md, "Top-p alone"), so the exact mass
                     # of each of pass 1's bins; K = Z (k_from = 0: top-k is off)
-                    _bin_mass_pass(row_ptr, V, m, inv_t, binmass_row, BIN_BITS, RARE_BLOCK)
+                    if ~bins_ready:
+                        _bin_mass_pass(row_ptr, 0, V, m, inv_t, binmass_row, BIN_BITS,
+                                       RARE_BLOCK)
                     k_exact, b_exact = _bin_masses_of_bracket(binmass_row, b_lo, b_hi, BIN_BITS)
                     k_sum = tl.full([], 0.0, tl.float64)
                     b_sum = tl.full([], 0.0, tl.float64)
@@ -1569,6 +1624,7 @@ def _filtered_row(row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, m_on, log_mp, 
                         b_shift, n_b, k_from, b_hi + 1, binmass_row, hist_row, TOP_K_FIRST, False,
                         BIN_BITS, BLOCK)
                 passes += 1
+                bins_ready = bins_ready & ~bins_now
                 a_done, a_lo, a_hi, a_shift, a_above, a_mass_lo, a_mass_hi, theta_k, b_done, \
                     b_lo, b_hi, b_shift, b_above, b_mass_lo, b_mass_hi, theta_p, k_set_lo, \
                     k_set_hi, k_set_known, exact_bins, refine_shift, z_lo, z_hi, key_mp, k, \
@@ -1621,28 +1677,54 @@ def _filtered_row(row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, m_on, log_mp, 
                                  tl.load(_here(hist_row) + bins), 0), 0).to(tl.int64)
     n_cand = tl.where(~a_done & (cand_lo == a_lo), a_above + n_a, n_cand)
     n_cand = tl.where(~b_done & (cand_lo == b_lo), b_above + n_b, n_cand)
-    from_a = tl.where(a_done, theta_k, a_hi + 1)
     dense = n_cand > CAP
-    n = tl.full([], 0, tl.int32)
-    s_a = tl.full([], 0.0, tl.float64)          # exact mass at or above from_a
-    s_b = tl.full([], 0.0, tl.float64)          # exact mass above bracket B
-    z_exact = tl.full([], 0.0, tl.float64)      # exact Z, when top-p needs it
+    passes += bins_ready.to(tl.int32)            # bin masses summed ahead, not needed
     _stash(st, a_done, a_lo, a_hi, a_shift, a_above, a_mass_lo, a_mass_hi, theta_k, b_done,
            b_lo, b_hi, b_shift, b_above, b_mass_lo, b_mass_hi, theta_p, k_set_lo, k_set_hi,
            k_set_known, exact_bins, refine_shift, z_lo, z_hi, key_mp, k, k_on, p, p_on, seed,
            offset)
-    if ~dense:
-        n, zc, unused_a, unused_b = _collect_pass(
-            row_ptr, V, m, inv_t, cand_lo, KEY_NONE, KEY_NONE, 0, need_z, 0, 0, scratch_row,
-            hist_row + 3 * NB, False, CAP, CHUNK, BLOCK)
-        passes += 1
-        z_exact = zc.to(tl.float64)
-        dense = n > CAP
+    return passes, dense, cand_lo
+
+
+@_device
+def _need_z(st, TOP_K_FIRST: tl.constexpr):
+    """Whether the collect pass sums the exact normaliser Z (top-p still open, and its K
+    is Z), from the stashed search state."""
+    need = ~_get_b(st, 8)                              # ~b_done
+    if TOP_K_FIRST:
+        need = need & ~_get_b(st, 25)                  # K is the top-k set's mass
+    return need
+
+
+@_device
+def _after_collect(row_ptr, V, m, inv_t, n, zc, dense, passes, scratch_row, binmass_row,
+                   words_row, HAS_TOP_K: tl.constexpr, JOINT: tl.constexpr,
+                   PROBS: tl.constexpr, LOGPROBS: tl.constexpr, BLOCK: tl.constexpr,
+                   BIN_BITS: tl.constexpr, CAP: tl.constexpr, CHUNK: tl.constexpr,
+                   RARE_BLOCK: tl.constexpr, NOISE_TEST: tl.constexpr):
+    """A filtered row after its collect pass (``n`` candidates in the scratch, exact Z
+    ``zc`` when top-p needs it), or with ``dense`` when its candidates outnumber the
+    scratch: the exact thresholds, the race over the kept tokens and their mass.  Returns
+    (token, kept_lo, exact kept mass, passes, fallbacks)."""
+    TOP_K_FIRST: tl.constexpr = HAS_TOP_K and not JOINT
+    st = scratch_row + CAP
+    no = dense & ~dense
+    s_a = tl.full([], 0.0, tl.float64)          # exact mass at or above from_a
+    s_b = tl.full([], 0.0, tl.float64)          # exact mass above bracket B
+    z_exact = zc.to(tl.float64)                 # exact Z, when top-p needs it
+    dense = dense | (n > CAP)
     if dense:  # rare: more tokens may be kept than the scratch holds
+        a_done = _get_b(st, 0)
+        a_lo = _get_i(st, 1)
+        a_hi = _get_i(st, 2)
+        b_done = _get_b(st, 8)
+        b_lo = _get_i(st, 9)
+        b_hi = _get_i(st, 10)
         n, zc, above_a, above_b = _collect_pass(
-            row_ptr, V, m, inv_t, tl.where(a_done, KEY_NONE, a_lo), tl.where(a_done, 0, a_hi),
-            tl.where(b_done, KEY_NONE, b_lo), tl.where(b_done, 0, b_hi), need_z, from_a,
-            b_hi + 1, scratch_row, hist_row + 3 * NB, True, CAP, CHUNK, RARE_BLOCK)
+            row_ptr, 0, V, m, inv_t, tl.where(a_done, KEY_NONE, a_lo), tl.where(a_done, 0, a_hi),
+            tl.where(b_done, KEY_NONE, b_lo), tl.where(b_done, 0, b_hi), _need_z(st, TOP_K_FIRST),
+            tl.where(a_done, _get_i(st, 7), a_hi + 1), b_hi + 1, scratch_row, scratch_row,
+            words_row, True, False, CAP, CHUNK, RARE_BLOCK)
         passes += 1
         z_exact = zc.to(tl.float64)
         s_a = above_a.to(tl.float64)
@@ -1651,6 +1733,7 @@ def _filtered_row(row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, m_on, log_mp, 
         b_shift, b_above, b_mass_lo, b_mass_hi, theta_p, k_set_lo, k_set_hi, k_set_known, \
         exact_bins, refine_shift, z_lo, z_hi, key_mp, k, k_on, p, p_on, seed, \
         offset = _unstash(st)
+    from_a = tl.where(a_done, theta_k, a_hi + 1)
     if ~dense:
         s_a = _scratch_mass(scratch_row, n, m, inv_t, from_a, KEY_NONE, CHUNK)
         s_b = _scratch_mass(scratch_row, n, m, inv_t, b_hi + 1, KEY_NONE, CHUNK)
@@ -1823,28 +1906,79 @@ def _combine_first(parts_row, n_chunks, c2):
     return m32, z
 
 
+@_device
+def _search_row(row_ptr, V, row, m, z, V_Z, inv_t, k, k_on, p, p_on, m_on, log_mp, seed,
+                offset, scratch_row, binmass_row, hist_row, tail, bins_ready, greedy,
+                tokens_ptr, logprobs_ptr, stats_row, HAS_TOP_K: tl.constexpr,
+                HAS_TOP_P: tl.constexpr, JOINT: tl.constexpr, LOGPROBS: tl.constexpr,
+                STATS: tl.constexpr, BLOCK: tl.constexpr, BIN_BITS: tl.constexpr,
+                CAP: tl.constexpr, CHUNK: tl.constexpr, RARE_BLOCK: tl.constexpr,
+                MAX_PASSES: tl.constexpr, NOISE_TEST: tl.constexpr):
+    """A split filtered row's search, by the last program of its chunks: then either its
+    collect pass waits for the PHASE 3 launch (max and lowest candidate key stashed,
+    verdict = reads so far + 1), or, with more candidates than the scratch holds, this
+    program finishes the row alone."""
+    NB: tl.constexpr = 1 << BIN_BITS
+    passes, dense, cand_lo = _search(
+        row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, m_on, log_mp, seed, offset,
+        scratch_row, binmass_row, hist_row, bins_ready, HAS_TOP_K, HAS_TOP_P, JOINT, BLOCK,
+        BIN_BITS, CAP, RARE_BLOCK, MAX_PASSES)
+    if dense:  # rare: the candidates outnumber the scratch; alone
+        token, kept_lo, kept_mass, passes, fallbacks = _after_collect(
+            row_ptr, V, m, inv_t, tl.full([], 0, tl.int32), tl.full([], 0, tl.int64), dense,
+            passes, scratch_row, binmass_row, hist_row + 3 * NB, HAS_TOP_K, JOINT, False,
+            LOGPROBS, BLOCK, BIN_BITS, CAP, CHUNK, RARE_BLOCK, NOISE_TEST)
+        _finish_filtered(row_ptr, V, row, m, inv_t, token, kept_lo, kept_mass, greedy, passes,
+                         fallbacks, tokens_ptr, logprobs_ptr, logprobs_ptr, stats_row, False,
+                         LOGPROBS, STATS, BLOCK)
+    else:        # the collect pass waits for the next launch
+        st = scratch_row + CAP
+        _put(st, 30, m)
+        _put(st, 31, cand_lo)
+        tl.store(tail + 3, passes + 1)
+
+
 @triton.jit
 def _split_kernel(
     logits_ptr, stride_row, V, chunk_len,
     temp_ptr, temp_val, topk_ptr, topk_val, topp_ptr, topp_val, minp_ptr, minp_val,
     seed_ptr, seed_val, offset_ptr, offset_val,
-    tokens_ptr, logprobs_ptr, scratch_ptr, binmass_ptr, hist_ptr, hist_stride, parts_ptr,
-    stats_ptr,
+    tokens_ptr, logprobs_ptr, scratch_ptr, hist_ptr, hist64_ptr, hist_stride, hist_at,
+    parts_ptr, words_ptr, stats_ptr,
     TEMP_T: tl.constexpr, TOPK_T: tl.constexpr, TOPP_T: tl.constexpr, MINP_T: tl.constexpr,
     SEED_T: tl.constexpr, OFFSET_T: tl.constexpr,
     HAS_TOP_K: tl.constexpr, HAS_TOP_P: tl.constexpr, HAS_MIN_P: tl.constexpr,
-    JOINT: tl.constexpr, LOGPROBS: tl.constexpr, STATS: tl.constexpr,
-    BLOCK: tl.constexpr, BIN_BITS: tl.constexpr, CAP: tl.constexpr, CHUNK: tl.constexpr,
+    JOINT: tl.constexpr, LOGPROBS: tl.constexpr, STATS: tl.constexpr, PHASE: tl.constexpr,
+    BINS_LAUNCH: tl.constexpr, BLOCK: tl.constexpr, BIN_BITS: tl.constexpr, CAP: tl.constexpr, CHUNK: tl.constexpr,
     RARE_BLOCK: tl.constexpr, MAX_PASSES: tl.constexpr, NOISE_TEST: tl.constexpr,
 ):
     """Rows split into chunks of ``chunk_len`` tokens (whole tiles): program (c, r) reads
-    chunk c of row r once.  Greedy: the chunk's max; plain: the chunk's race, proved on
-    the chunk, and its max and normaliser; filtered: the chunk's pass 1 (max, normaliser,
-    histogram by atomics).  The last chunk of a row to arrive combines them and runs the
-    rest of the row (a filtered row's search, collect pass and race) as _sample_row
-    does.  Per row: the scratch, B's bin masses, the histograms and the collect's words,
-    and the arrival counter (the last int32 of the row's histogram area, zero at launch)."""
+    chunk c of row r, once per launch.
+
+    PHASE 1: greedy, the chunk's max; plain, the chunk's race, proved on the chunk, with
+    its max and normaliser; filtered, the chunk's pass 1 (max, normaliser, histogram by
+    atomics).  The last chunk of a row to arrive combines them and finishes a greedy or
+    plain row.  A filtered row it searches (any count refine runs there, alone: rare)
+    and leaves for PHASE 3, unless its candidates outnumber the scratch (then it
+    finishes the row alone, as _sample_row would); a top-p-alone row, when BINS_LAUNCH,
+    it leaves for PHASE 2 before searching.
+    PHASE 2 (calls where rows may have top-p alone): those rows' chunks sum the exact
+    masses of pass 1's bins (integer atomics), which top-p alone's search takes next
+    (docs/design.md, "Top-p alone"); the last to arrive searches, as in PHASE 1.
+    PHASE 3 (calls with filters): the chunks of the rows left waiting collect their
+    candidates into the row's scratch (slots by an atomic count) and sum the exact
+    normaliser (integer atomics); the last to arrive settles the thresholds and races in
+    the scratch, as _sample_row does.
+
+    Per row, zero at launch from hist_at on: B's bin masses (when HAS_TOP_P), three
+    histograms, the collect's words, then 8 int32: the arrival counts of PHASE 1 and 3,
+    the scratch's count, the collect's verdict (0: none, else the reads so far + 1), the
+    exact normaliser (int64, through hist64_ptr: the same memory as int64), PHASE 2's
+    arrival count and verdict.  Per row also the scratch and its state area; per program
+    a tile of collect words (words_ptr)."""
     NB: tl.constexpr = 1 << BIN_BITS
+    TOP_K_FIRST: tl.constexpr = HAS_TOP_K and not JOINT
+    FILTERS: tl.constexpr = HAS_TOP_K or HAS_TOP_P or HAS_MIN_P
     chunk = tl.program_id(0)
     n_chunks = tl.num_programs(0)
     row = tl.program_id(1).to(tl.int64)
@@ -1852,97 +1986,153 @@ def _split_kernel(
     lo = tl.minimum(chunk * chunk_len, V)
     hi = tl.minimum(lo + chunk_len, V)
     scratch_row = scratch_ptr + row * (CAP + 32)
-    binmass_row = binmass_ptr + row * NB
-    hist_row = hist_ptr + row * hist_stride
+    st = scratch_row + CAP
+    binmass_row = hist64_ptr + row * (hist_stride // 2)
+    hist_row = hist_ptr + row * hist_stride + hist_at
+    tail = hist_ptr + row * hist_stride + hist_stride - 8
+    z_sum = hist64_ptr + row * (hist_stride // 2) + (hist_stride - 4) // 2     # tail + 4
     parts_row = parts_ptr + row * n_chunks * PART
     part = parts_row + chunk * PART
+    stats_row = stats_ptr + row * 2
     greedy, inv_t, seed, offset, off_lo, off_hi, k, k_on, p, p_on, m_on, log_mp, plain = \
         _row_params(row, V, temp_ptr, temp_val, topk_ptr, topk_val, topp_ptr, topp_val,
                     minp_ptr, minp_val, seed_ptr, seed_val, offset_ptr, offset_val, TEMP_T,
                     TOPK_T, TOPP_T, MINP_T, SEED_T, OFFSET_T, HAS_TOP_K, HAS_TOP_P, HAS_MIN_P)
     c2 = tl.maximum(inv_t * LOG2E, 1e-30)             # T = inf: d * 0 is NaN for -inf
 
-    # ---- this chunk's one read
-    if greedy:
-        m_c, i_c = _greedy_pass(row_ptr, lo, hi, BLOCK)
-        _put(part, 0, i_c)
-        _put(part, 1, m_c)
-    elif plain:
-        offs0, x0 = _load_tile(row_ptr, lo, hi, BLOCK, True)
-        anchor = tl.max(x0, 0)
-        anchor = tl.where(tl.abs(anchor) < FLT_MAX, anchor, 0.0)
-        ub_v, m_v, z_v = _race_pass(row_ptr, lo, hi, seed, off_lo, off_hi, inv_t,
-                                    BIAS_2_32 - anchor * inv_t, c2, LOGPROBS, NOISE_TEST,
-                                    BLOCK)
-        ub = tl.max(ub_v, 0)
-        # no finite bound: no finite logit (-inf), or +inf / NaN bounds (the exact way)
-        i_c = tl.where(ub == NEG_INF, PART_NONE, PART_UNSURE)
-        x_c = tl.full([], NEG_INF, tl.float32)
-        if tl.abs(ub) < POS_INF:
-            proved, key_won, token, x_c = _settle(ub_v, anchor, inv_t, row_ptr, row_ptr, lo,
-                                                  hi, KEY_NEG_INF + 1, seed, off_lo, off_hi,
-                                                  False, BLOCK)
-            i_c = tl.where(proved, token, PART_UNSURE)
-        m_c = tl.full([], NEG_INF, tl.float32)
-        z_c = tl.full([], 0.0, tl.float64)
-        if LOGPROBS:
-            m_c = tl.max(m_v, 0)
-            z_c = tl.sum(z_v.to(tl.float64) * tl.exp2((m_v - m_c) * c2).to(tl.float64), 0)
-        _put(part, 0, i_c)
-        _put(part, 1, x_c)
-        _put(part, 2, m_c)
-        _put(part, 3, z_c)
-    else:
-        m_c, z_c = _first_pass(row_ptr, lo, hi, inv_t, hist_row, HAS_TOP_K or HAS_TOP_P,
-                               BIN_BITS, BLOCK, True)
-        _put(part, 2, m_c)
-        _put(part, 3, z_c)
-
-    # ---- count in; the last chunk of the row finishes it
-    _fence()
-    tl.debug_barrier()
-    arrived = tl.atomic_add(hist_row + hist_stride - 1, 1, sem="acq_rel")
-    if arrived == n_chunks - 1:
-        _fence()
-        stats_row = stats_ptr + row * 2
+    if PHASE == 1:
+        # ---- this chunk's one read
         if greedy:
-            m, token = _combine_greedy(parts_row, n_chunks)
-            _finish(row_ptr, V, row, m, inv_t, token, m, KEY_NEG_INF + 1, FIX, greedy, 1, 0,
-                    tokens_ptr, logprobs_ptr, logprobs_ptr, stats_row, False, LOGPROBS, STATS,
-                    BLOCK)
+            m_c, i_c = _greedy_pass(row_ptr, lo, hi, BLOCK)
+            _put(part, 0, i_c)
+            _put(part, 1, m_c)
         elif plain:
-            proved, token, x_tok, m, z = _combine_race(parts_row, n_chunks, inv_t, c2, seed,
-                                                       off_lo, off_hi)
-            kept_mass = tl.full([], FIX, tl.float64)
+            offs0, x0 = _load_tile(row_ptr, lo, hi, BLOCK, True)
+            anchor = tl.max(x0, 0)
+            anchor = tl.where(tl.abs(anchor) < FLT_MAX, anchor, 0.0)
+            ub_v, m_v, z_v = _race_pass(row_ptr, lo, hi, seed, off_lo, off_hi, inv_t,
+                                        BIAS_2_32 - anchor * inv_t, c2, LOGPROBS, NOISE_TEST,
+                                        BLOCK)
+            ub = tl.max(ub_v, 0)
+            # no finite bound: no finite logit (-inf), or +inf / NaN bounds (the exact way)
+            i_c = tl.where(ub == NEG_INF, PART_NONE, PART_UNSURE)
+            x_c = tl.full([], NEG_INF, tl.float32)
+            if tl.abs(ub) < POS_INF:
+                proved, key_won, token, x_c = _settle(ub_v, anchor, inv_t, row_ptr, row_ptr,
+                                                      lo, hi, KEY_NEG_INF + 1, seed, off_lo,
+                                                      off_hi, False, BLOCK)
+                i_c = tl.where(proved, token, PART_UNSURE)
+            m_c = tl.full([], NEG_INF, tl.float32)
+            z_c = tl.full([], 0.0, tl.float64)
             if LOGPROBS:
-                kept_mass = z * FIX
-                proved = proved & (kept_mass < POS_INF) & (kept_mass >= FIX)
-            else:
-                m = tl.full([], 0.0, tl.float32)
-            if proved:
-                _finish(row_ptr, V, row, m, inv_t, token, x_tok, KEY_NEG_INF + 1, kept_mass,
-                        greedy, 1, 0, tokens_ptr, logprobs_ptr, logprobs_ptr, stats_row,
-                        False, LOGPROBS, STATS, BLOCK)
-            if ~proved:  # rare: a chunk proved nothing, or the row holds +-inf
-                _race_fallback(row_ptr, V, row, inv_t, greedy, seed, off_lo, off_hi,
-                               hist_row, tokens_ptr, logprobs_ptr, logprobs_ptr, stats_row,
-                               False, LOGPROBS, STATS, BIN_BITS, BLOCK, RARE_BLOCK)
-        else:
-            m, z = _combine_first(parts_row, n_chunks, c2)
-            if HAS_TOP_K or HAS_TOP_P:
-                bins = tl.arange(0, NB)
-                hist = tl.load(_here(hist_row) + bins, cache_modifier=".cg")
-                tl.store(_here(hist_row) + bins, hist)
-                tl.store(_here(hist_row) + NB + bins, hist)
-                tl.store(_here(hist_row) + 2 * NB + bins, hist)
-            # (each chunk's sum rounds once more, rescaled to the row max: bounded as if
-            # the row had a tile more per chunk)
-            _after_first_pass(
-                row_ptr, V, row, m, z, V + n_chunks * BLOCK, inv_t, greedy, plain, k, k_on, p,
-                p_on, m_on, log_mp, seed, offset, off_lo, off_hi, scratch_row, binmass_row,
-                hist_row, tokens_ptr, logprobs_ptr, logprobs_ptr, stats_row, HAS_TOP_K,
-                HAS_TOP_P, JOINT, False, LOGPROBS, STATS, BLOCK, BIN_BITS, CAP, CHUNK,
-                RARE_BLOCK, MAX_PASSES, NOISE_TEST)
+                m_c = tl.max(m_v, 0)
+                z_c = tl.sum(z_v.to(tl.float64) * tl.exp2((m_v - m_c) * c2).to(tl.float64), 0)
+            _put(part, 0, i_c)
+            _put(part, 1, x_c)
+            _put(part, 2, m_c)
+            _put(part, 3, z_c)
+        elif FILTERS:
+            m_c, z_c = _first_pass(row_ptr, lo, hi, inv_t, hist_row, HAS_TOP_K or HAS_TOP_P,
+                                   BIN_BITS, BLOCK, True)
+            _put(part, 2, m_c)
+            _put(part, 3, z_c)
+
+        # ---- count in; the last chunk of the row goes on with it
+        _fence()
+        tl.debug_barrier()
+        arrived = tl.atomic_add(tail, 1, sem="acq_rel")
+        if arrived == n_chunks - 1:
+            _fence()
+            if greedy:
+                m, token = _combine_greedy(parts_row, n_chunks)
+                _finish(row_ptr, V, row, m, inv_t, token, m, KEY_NEG_INF + 1, FIX, greedy, 1,
+                        0, tokens_ptr, logprobs_ptr, logprobs_ptr, stats_row, False, LOGPROBS,
+                        STATS, BLOCK)
+            elif plain:
+                proved, token, x_tok, m, z = _combine_race(parts_row, n_chunks, inv_t, c2,
+                                                           seed, off_lo, off_hi)
+                kept_mass = tl.full([], FIX, tl.float64)
+                if LOGPROBS:
+                    kept_mass = z * FIX
+                    proved = proved & (kept_mass < POS_INF) & (kept_mass >= FIX)
+                else:
+                    m = tl.full([], 0.0, tl.float32)
+                if proved:
+                    _finish(row_ptr, V, row, m, inv_t, token, x_tok, KEY_NEG_INF + 1,
+                            kept_mass, greedy, 1, 0, tokens_ptr, logprobs_ptr, logprobs_ptr,
+                            stats_row, False, LOGPROBS, STATS, BLOCK)
+                if ~proved:  # rare: a chunk proved nothing, or the row holds +-inf
+                    _race_fallback(row_ptr, V, row, inv_t, greedy, seed, off_lo, off_hi,
+                                   hist_row, tokens_ptr, logprobs_ptr, logprobs_ptr, stats_row,
+                                   False, LOGPROBS, STATS, BIN_BITS, BLOCK, RARE_BLOCK)
+            elif FILTERS:
+                m, z = _combine_first(parts_row, n_chunks, c2)
+                if HAS_TOP_K or HAS_TOP_P:
+                    bins = tl.arange(0, NB)
+                    hist = tl.load(_here(hist_row) + bins, cache_modifier=".cg")
+                    tl.store(_here(hist_row) + bins, hist)
+                    tl.store(_here(hist_row) + NB + bins, hist)
+                    tl.store(_here(hist_row) + 2 * NB + bins, hist)
+                if (m == POS_INF) | (z == 0.0):  # rare: the row's max is +-inf
+                    _special_row(row_ptr, V, row, tl.where(m == POS_INF, 1, 2), seed, off_lo,
+                                 off_hi, 1, 0, tokens_ptr, logprobs_ptr, logprobs_ptr,
+                                 stats_row, False, LOGPROBS, STATS, RARE_BLOCK)
+                else:
+                    wait_bins = greedy & ~greedy
+                    if BINS_LAUNCH:
+                        wait_bins = p_on & ~k_on
+                    if wait_bins:    # top-p alone: its bin masses first, split (PHASE 2)
+                        _put(st, 30, m)
+                        _put(st, 31, z)
+                        tl.store(tail + 7, 1)
+                    else:
+                        _search_row(row_ptr, V, row, m, z, V + n_chunks * BLOCK, inv_t, k,
+                                    k_on, p, p_on, m_on, log_mp, seed, offset, scratch_row,
+                                    binmass_row, hist_row, tail, greedy & ~greedy, greedy,
+                                    tokens_ptr, logprobs_ptr, stats_row, HAS_TOP_K, HAS_TOP_P,
+                                    JOINT, LOGPROBS, STATS, BLOCK, BIN_BITS, CAP, CHUNK,
+                                    RARE_BLOCK, MAX_PASSES, NOISE_TEST)
+    elif PHASE == 2:
+        if tl.load(tail + 7) != 0:
+            # ---- this chunk's share of top-p alone's bin masses
+            m = _get_f32(st, 30)
+            _bin_mass_pass(row_ptr, lo, hi, m, inv_t, binmass_row, BIN_BITS, RARE_BLOCK)
+            _fence()
+            tl.debug_barrier()
+            arrived = tl.atomic_add(tail + 6, 1, sem="acq_rel")
+            if arrived == n_chunks - 1:
+                _fence()
+                _search_row(row_ptr, V, row, m, _get_f(st, 31), V + n_chunks * BLOCK, inv_t, k,
+                            k_on, p, p_on, m_on, log_mp, seed, offset, scratch_row,
+                            binmass_row, hist_row, tail, ~greedy, greedy, tokens_ptr,
+                            logprobs_ptr, stats_row, HAS_TOP_K, HAS_TOP_P, JOINT, LOGPROBS,
+                            STATS, BLOCK, BIN_BITS, CAP, CHUNK, RARE_BLOCK, MAX_PASSES,
+                            NOISE_TEST)
+    elif FILTERS:          # PHASE 3
+        verdict = tl.load(tail + 3)
+        if verdict > 0:
+            # ---- this chunk's share of the collect pass
+            m = _get_f32(st, 30)
+            words = words_ptr + (row * n_chunks + chunk) * BLOCK
+            n_c, z_c, unused_a, unused_b = _collect_pass(
+                row_ptr, lo, hi, m, inv_t, _get_i(st, 31), KEY_NONE, KEY_NONE, 0,
+                _need_z(st, TOP_K_FIRST), 0, 0, scratch_row, tail + 2, words, False, True, CAP,
+                CHUNK, BLOCK)
+            tl.atomic_add(z_sum, z_c, sem="relaxed")
+            _fence()
+            tl.debug_barrier()
+            arrived = tl.atomic_add(tail + 1, 1, sem="acq_rel")
+            if arrived == n_chunks - 1:
+                _fence()
+                n = tl.load(tail + 2, cache_modifier=".cg")
+                zc = tl.load(z_sum, cache_modifier=".cg")
+                token, kept_lo, kept_mass, passes, fallbacks = _after_collect(
+                    row_ptr, V, m, inv_t, n, zc, verdict < 0, verdict, scratch_row,
+                    binmass_row, words, HAS_TOP_K, JOINT, False, LOGPROBS, BLOCK, BIN_BITS,
+                    CAP, CHUNK, RARE_BLOCK, NOISE_TEST)
+                _finish_filtered(row_ptr, V, row, m, inv_t, token, kept_lo, kept_mass, greedy,
+                                 passes, fallbacks, tokens_ptr, logprobs_ptr, logprobs_ptr,
+                                 stats_row, False, LOGPROBS, STATS, BLOCK)
 
 
 # ----------------------------------------------------------------------------- launcher
@@ -2080,27 +2270,29 @@ SPLIT_BLOCK_MIN = 1024
 
 
 def split_plan(B: int, V: int, device: torch.device, filtered: bool, chunks: int = None,
-               block: int = None):
+               block: int = None, programs: int = None):
     """(chunks per row, tile width) when the rows of a [B, V] sampling call are split over
     programs (_split_kernel), or None for one program per row (_sample_kernel).
 
     ``chunks`` forces the split (so does the environment variable FUSED_SAMPLER_CHUNKS: the
-    test suite runs whole with it); chunks past a row's end are empty.  Otherwise only a
-    GPU splits, when the batch fills under half of the grid (two programs per SM): a row
-    gets as many chunks as fill the grid, each of whole tiles.  Rows with no filter may
-    take tiles half as wide (down to SPLIT_BLOCK_MIN) while the row has at most half as
-    many tiles as the grid wants chunks; filtered rows keep the full tile, because the last program runs the search's
-    later passes over the whole row alone.
+    test suite runs whole with it), or with 0 forbids it; chunks past a row's end are
+    empty.  Otherwise only a
+    GPU splits, when the batch fills under half of the grid (two programs per SM, or
+    ``programs``: scripts/sass_report.py models GPUs it does not have): a row gets as
+    many chunks as fill the grid, each of whole tiles.  Rows with no filter may take
+    tiles half as wide (down to SPLIT_BLOCK_MIN) while the row has at most half as many
+    tiles as the grid wants chunks; filtered rows keep the full tile, because the last
+    program of a row runs any refine pass over the whole row alone.
     """
     if chunks is None and os.environ.get(CHUNKS_ENV):
         chunks = int(os.environ[CHUNKS_ENV])
     block = block or _sizes_for(V)[0]
-    if B == 0 or V == 0:
+    if B == 0 or V == 0 or chunks == 0:
         return None
     if chunks is None:
         if device.type != "cuda":
             return None
-        chunks = _programs_for(device) // B
+        chunks = (programs or _programs_for(device)) // B
         if chunks < 2:
             return None
         while not filtered and block > SPLIT_BLOCK_MIN and 2 * -(-V // block) <= chunks:
@@ -2108,16 +2300,19 @@ def split_plan(B: int, V: int, device: torch.device, filtered: bool, chunks: int
         chunks = min(chunks, -(-V // block))
         if chunks < 2:
             return None
-    return max(1, int(chunks)), block
+    return int(chunks), block
 
 
 def split_kernel_args(a, chunks: int, *, return_logprobs: bool = True, block: int = None,
                       bin_bits: int = None, cap: int = None, stats: bool = False,
-                      noise_test: int = 0):
+                      noise_test: int = 0, phase: int = 1):
     """The launch of a checked sampling call by _split_kernel, rows cut into ``chunks``
-    chunks of whole tiles (grid chunks x B); the rest as :func:`kernel_args`.  Scratch
-    memory is per row, and the histograms with each row's arrival counter start at zero
-    (one memset)."""
+    chunks of whole tiles (grid chunks x B), for its first launch (``phase`` 1; then,
+    with the same arguments, PHASE=2 where the constexprs say BINS_LAUNCH, and PHASE=3
+    for a call with filters); the rest as
+    :func:`kernel_args`.  Scratch memory is per row (bounded: rows split only while the
+    batch is small), and the histograms with each row's counters start at zero (one
+    memset)."""
     x = a.logits
     B, V = x.shape
     dev = x.device
@@ -2130,18 +2325,23 @@ def split_kernel_args(a, chunks: int, *, return_logprobs: bool = True, block: in
     logprobs = torch.empty(B, dtype=torch.float32, device=dev) if return_logprobs else dummy
     filtered = has_k or has_p or has_m
     scratch = torch.empty(B, cap + 32, dtype=torch.int64, device=dev) if filtered else dummy
-    binmass = torch.empty(B, 1 << bin_bits, dtype=torch.int64, device=dev) if has_p \
-        else dummy
-    # per row: three histograms and the collect's words, then the arrival counter
-    hists = torch.zeros(B, ((3 << bin_bits) + block if filtered else 0) + 1,
+    # per row (int32): B's bin masses (int64), three histograms and the collect's words,
+    # then 8 counters and sums
+    hist_at = (2 << bin_bits) if has_p else 0
+    hists = torch.zeros(B, hist_at + ((3 << bin_bits) + block if filtered else 0) + 8,
                         dtype=torch.int32, device=dev)
     parts = torch.empty(B, chunks, 4, dtype=torch.int64, device=dev)
+    words = torch.empty(B, chunks, block, dtype=torch.int32, device=dev) if filtered \
+        else dummy
     stats_out = torch.empty(B, 2, dtype=torch.int32, device=dev) if stats else dummy
     tiles = -(-V // block)
     chunk_len = -(-tiles // chunks) * block
-    args = (x, x.stride(0), V, chunk_len, *param_args, tokens, logprobs, scratch, binmass,
-            hists, hists.stride(0), parts, stats_out)
-    consts.update(LOGPROBS=return_logprobs, STATS=stats,
+    args = (x, x.stride(0), V, chunk_len, *param_args, tokens, logprobs, scratch,
+            hists, hists.view(torch.int64), hists.stride(0), hist_at, parts, words, stats_out)
+    # rows may have top-p alone (not when a scalar top-k is on for every row)
+    k_everywhere = has_k and not isinstance(a.top_k, torch.Tensor) and 0 < a.top_k < V
+    consts.update(LOGPROBS=return_logprobs, STATS=stats, PHASE=phase,
+                  BINS_LAUNCH=has_p and not k_everywhere,
                   **_sizes_consts(block, bin_bits, cap, noise_test))
     return (chunks, B), args, consts, (tokens, logprobs, dummy, stats_out)
 
@@ -2170,13 +2370,18 @@ def launch(a, probs_mode: bool, *, return_logprobs: bool = True, stats: bool = F
         grid, args, kwargs, (tokens, logprobs, probs, stats_out) = split_kernel_args(
             a, plan[0], return_logprobs=return_logprobs, stats=stats, **sizes)
         _split_kernel[grid](*args, **kwargs)
+        if kwargs["BINS_LAUNCH"]:
+            _split_kernel[grid](*args, **dict(kwargs, PHASE=2))  # top-p alone's bin masses
+        if kwargs["HAS_TOP_K"] or kwargs["HAS_TOP_P"] or kwargs["HAS_MIN_P"]:
+            _split_kernel[grid](*args, **dict(kwargs, PHASE=3))  # the collect pass
     return (tokens, logprobs if return_logprobs else None, probs if probs_mode else None,
             stats_out[:, 0] if stats else None, stats_out[:, 1] if stats else None)
 
 
-def sample(a, return_logprobs: bool = True):
-    """(tokens, logprobs or None) for a checked call."""
-    tokens, logprobs, *_ = launch(a, probs_mode=False, return_logprobs=return_logprobs)
+def sample(a, return_logprobs: bool = True, chunks: int = None):
+    """(tokens, logprobs or None) for a checked call (``chunks``: see split_plan)."""
+    tokens, logprobs, *_ = launch(a, probs_mode=False, return_logprobs=return_logprobs,
+                                  chunks=chunks)
     return tokens, logprobs
 
 

@@ -11,9 +11,9 @@ The specialisation is the one a real launch gets: Triton's own binder reads the 
 GPU runs (128-bit loads where a launch would get them).
 
     python scripts/compile_check.py             # every filter / mode combination
-    python scripts/compile_check.py --quick     # six: all filters drawing and writing
-                                                # probs, plain, min-p alone, and split
-                                                # rows plain and with all filters
+    python scripts/compile_check.py --quick     # seven: all filters drawing and writing
+                                                # probs, plain, min-p alone; split rows
+                                                # plain, and all filters' launches 1, 3
 """
 import argparse
 import contextlib
@@ -104,11 +104,18 @@ def calls(quick):
             name = (f"k={k:d} p={p:d} min_p={m:d} {order} "
                     f"{'probs' if probs_mode else 'sample'} {'tensors' if tensors else 'scalars'}")
             yield name, a, probs_mode, dict(stats=not probs_mode and tensors)
-    # split rows (small batches): the plain draw on narrow tiles, every filter on full ones
+    # split rows (small batches): the plain draw on narrow tiles; every filter on full
+    # ones, each launch (2: top-p alone's bin masses, possible with per-row top-k; 3: the
+    # collect pass)
     a = _args.check(x, 0.7, None, None, None, "top_k_first", seed=3, validate=False)
     yield "split rows: plain sample scalars", a, False, dict(chunks=126, block=1024)
-    a = _args.check(x, 0.7, 50, 0.9, 0.05, "top_k_first", seed=3, validate=False)
-    yield "split rows: k=1 p=1 min_p=1 sample scalars", a, False, dict(chunks=32)
+    a = _args.check(x, 0.7, rows(50, torch.int64), 0.9, 0.05, "top_k_first", seed=3,
+                    validate=False)
+    for phase in (1, 2, 3):
+        if quick and phase == 2:
+            continue
+        yield f"split rows, launch {phase}: k=1 p=1 min_p=1 sample, top-k tensor", a, False, \
+            dict(chunks=32, phase=phase)
     if not quick:
         a = _args.check(torch.zeros(B, 100), 1.0, 5, 0.9, None, "top_k_first", seed=0,
                         validate=False)

@@ -63,6 +63,7 @@ class Spec:
     probs: bool = False
     logprobs: bool = False
     typical: tuple = ("first",)
+    split: tuple = ()         # rows split over programs: (chunks, block, launch phase)
 
 
 _T07 = dict(temperature=0.7)
@@ -84,11 +85,30 @@ SPECS = (
          logprobs=True, typical=_TWO),
     Spec("filtered_probs fp32", dict(_T07, top_k=50, top_p=0.9), probs=True,
          typical=("first", "collect", "write")),
+    # small batches (issue 11): a row's chunks over many programs, as split_plan cuts a
+    # B = 1 row of V_REPORT on 132 SMs
+    Spec("split plain bf16", {}, torch.bfloat16, typical=("race",), split=(126, 1024, 1)),
+    Spec("split plain+logprobs fp32", {}, logprobs=True, typical=("race",),
+         split=(126, 1024, 1)),
+    Spec("split top_k_top_p fp32, launch 1", dict(_T07, top_k=50, top_p=0.9),
+         typical=("first",), split=(32, 4096, 1)),
+    Spec("split top_k_top_p fp32, collect", dict(_T07, top_k=50, top_p=0.9),
+         typical=("collect",), split=(32, 4096, 3)),
+    Spec("split top_p fp32, launch 1", dict(top_p=0.95), typical=("first",),
+         split=(32, 4096, 1)),
+    Spec("split top_p fp32, bin masses", dict(top_p=0.95), typical=("bin masses",),
+         split=(32, 4096, 2)),
+    Spec("split top_p fp32, collect", dict(top_p=0.95), typical=("collect",),
+         split=(32, 4096, 3)),
+    Spec("split all filters+logprobs fp32, launch 1",
+         dict(_T07, top_k=50, top_p=0.9, min_p=0.02), logprobs=True, typical=("first",),
+         split=(32, 4096, 1)),
 )
 # --quick (CI): the plain loop (held to its own budget) and at its widest, every filtered
-# loop with the most live state, and the write pass
+# loop with the most live state, and the write pass; split rows' plain race and pass 1
 QUICK = ("plain bf16", "plain+logprobs bf16", "all filters+logprobs fp32",
-         "filtered_probs fp32")
+         "filtered_probs fp32", "split plain bf16",
+         "split all filters+logprobs fp32, launch 1")
 
 
 def call_for(spec: Spec, B: int = 64):
@@ -361,13 +381,50 @@ def estimate(gpu, B, V, itemsize, passes, registers, warps, block, launch_progra
     return max(hbm, issue, chain), dict(hbm=hbm, issue=issue, chain=chain)
 
 
+# Split rows (small batches).  Assumed, until a GPU measures them: a kernel launch in a
+# replayed CUDA graph, the memset of the counters, and the dependent memory round trips of
+# the last program of a row after its chunk (its arrival atomic; reading the chunks'
+# summaries; plain rows: the winners' exact keys and the results; launch 1 of a filtered
+# row: the histogram, the search's scans and its stash; top-p alone's bin masses: the
+# search; the collect: the scratch's thresholds, histogram by histogram, the race and
+# the results).
+LAUNCH_S = 2.0e-6
+MEMSET_S = 1.0e-6
+TAIL_TRIPS = {"race": 4, "first": 8, "bin masses": 8, "collect": 12}
+
+
+def estimate_split(gpu, B, V, itemsize, launches, registers, warps, block, chunks):
+    """Seconds for one call whose rows are split into ``chunks`` chunks of whole tiles
+    (``split_plan``): per launch, the programs' waves, each streaming its chunk's tiles
+    (a round trip plus issue time per tile, as in ``estimate``), then the last program's
+    round trips (TAIL_TRIPS) and the launch itself; plus the memset.  ``launches`` is
+    [(stream, instructions per element)], one per launch.  The HBM floor bounds it too."""
+    occupancy = max(1, min(65536 // (max(registers, 1) * 32 * warps), 64 // warps))
+    programs = chunks * B
+    resident = min(math.ceil(programs / gpu.sms), occupancy)
+    waves = math.ceil(programs / (gpu.sms * resident))
+    tiles = math.ceil(math.ceil(V / block) / chunks)
+    t = MEMSET_S
+    for stream, ipe in launches:
+        tile = gpu.latency_s + block * ipe / (gpu.issue_per_sm / resident)
+        t += LAUNCH_S + waves * tiles * tile + (1 + TAIL_TRIPS[stream]) * gpu.latency_s
+    hbm = B * len(launches) * V * itemsize / gpu.hbm_bytes_s
+    return max(t, hbm)
+
+
 # ----------------------------------------------------------------------------- report
 
 def analyse(spec: Spec, arch=90):
-    a = call_for(spec)
-    kernel, log = compile_check.compile_call(a, spec.probs, arch, ptxas_log=True,
-                                             return_logprobs=spec.logprobs)
-    _, _, kwargs, _ = sampler.kernel_args(a, spec.probs, return_logprobs=spec.logprobs)
+    a = call_for(spec, 1 if spec.split else 64)
+    launch = dict(return_logprobs=spec.logprobs)
+    if spec.split:
+        chunks, block, phase = spec.split
+        launch.update(chunks=chunks, block=block, phase=phase)
+    kernel, log = compile_check.compile_call(a, spec.probs, arch, ptxas_log=True, **launch)
+    if spec.split:
+        _, _, kwargs, _ = sampler.split_kernel_args(a, **launch)
+    else:
+        _, _, kwargs, _ = sampler.kernel_args(a, spec.probs, **launch)
     warps, block = kwargs["num_warps"], kwargs["BLOCK"]
     instrs, labels = disassemble(kernel.asm["cubin"])
     found = stream_loops(instrs, labels, kwargs, warps)
@@ -379,7 +436,7 @@ def analyse(spec: Spec, arch=90):
                 peak_live=peak, peak_lines=peak_lines[:12],
                 **ptxas_numbers(log), loops=[dataclasses.asdict(l) for l in found],
                 typical=list(spec.typical), itemsize=spec.dtype.itemsize,
-                logprobs=spec.logprobs)
+                logprobs=spec.logprobs, split=list(spec.split))
 
 
 def hbm_budget(gpu, itemsize):
@@ -395,7 +452,7 @@ def problems(result):
     if result["spill_stores"] or result["spill_loads"] or result["stack"]:
         out.append(f"spills: {result['spill_stores']} B stored, {result['spill_loads']} B "
                    f"loaded, {result['stack']} B stack")
-    plain = result["spec"].startswith("plain ")
+    plain = result["spec"].startswith(("plain ", "split plain "))
     for loop in result["loops"]:
         budget = BUDGET_PLAIN if plain and loop["stream"] == "race" else BUDGET_STREAM
         if loop["per_element"] > budget:
@@ -410,6 +467,43 @@ def per_pass(result):
     for loop in result["loops"]:
         best[loop["stream"]] = max(best.get(loop["stream"], 0), loop["per_element"])
     return best
+
+
+def split_table(results, gpu, batches=(1, 8, 64)):
+    """Rows of a markdown table: each split call (its launches: "<call>, launch 1", then
+    "<call>, bin masses" and "<call>, collect" where reported) against one program per
+    row (``estimate`` of "<call>", plus one launch), microseconds."""
+    by_name = {r["spec"]: r for r in results}
+    out = []
+    for r in results:
+        if not r["split"] or r["split"][2] != 1:
+            continue
+        name = r["spec"].replace("split ", "").replace(", launch 1", "")
+        whole = by_name.get(name)
+        later = [by_name.get(r["spec"].replace("launch 1", what))
+                 for what in ("bin masses", "collect")]
+        later = [x for x in later if x is not None]
+        filtered = "launch 1" in r["spec"]
+        if whole is None or (filtered and not later):
+            continue
+        launches = [(x["typical"][0], per_pass(x)[x["typical"][0]]) for x in [r] + later]
+        registers = max(x["registers"] for x in [r] + later)
+        passes = [per_pass(whole)[p] for p in whole["typical"]]
+        cells = []
+        for B in batches:
+            one, _ = estimate(gpu, B, V_REPORT, whole["itemsize"], passes,
+                              whole["registers"], whole["warps"], whole["block"], 2 * gpu.sms)
+            plan = sampler.split_plan(B, V_REPORT, torch.device("cuda"), filtered,
+                                      programs=2 * gpu.sms)
+            if plan is None:
+                cells.append(f"{(one + LAUNCH_S) * 1e6:.0f} | (no split)")
+                continue
+            chunks, block = plan
+            t = estimate_split(gpu, B, V_REPORT, r["itemsize"], launches, registers,
+                               max(4, min(16, block // 256)), block, chunks)
+            cells.append(f"{(one + LAUNCH_S) * 1e6:.0f} | {t * 1e6:.1f} ({chunks} x {block})")
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return out
 
 
 def print_tables(results):
@@ -441,7 +535,7 @@ def print_tables(results):
         print("|" + " --- |" * 8)
         for r in results:
             ipe = per_pass(r)
-            if not all(p in ipe for p in r["typical"]):
+            if r["split"] or not all(p in ipe for p in r["typical"]):
                 continue
             passes = [ipe[p] for p in r["typical"]]
             cells = []
@@ -453,6 +547,17 @@ def print_tables(results):
                 cells.append(f"{t * 1e6:.0f} ({bound}) | {floor * 1e6:.1f}")
             print(f"| {r['spec']} | {len(passes)} | " + " | ".join(cells) + " |")
         print()
+        rows = split_table(results, gpu)
+        if rows:
+            print(f"Small batches on an {gpu.name}: one program per row against rows split "
+                  f"over programs (chunks x tile from split_plan; launches "
+                  f"{LAUNCH_S * 1e6:.0f} us, memset {MEMSET_S * 1e6:.0f} us, tail round trips "
+                  f"{TAIL_TRIPS}: assumed), microseconds:\n")
+            print("| call | " + " | ".join(f"B={B} per row | B={B} split" for B in (1, 8, 64))
+                  + " |")
+            print("|" + " --- |" * 7)
+            print("\n".join(rows))
+            print()
 
 
 def main(argv=None):

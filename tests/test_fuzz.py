@@ -2,7 +2,7 @@
 
 Random B, V (1, primes, powers of two and one more), dtypes, row layouts (contiguous,
 rows of a wider buffer, one row broadcast with stride 0, a transposed view whose last
-dimension is copied), tile / histogram / scratch sizes, parameters at and around every
+dimension is copied), tile / histogram / scratch sizes, rows split into chunks or not, parameters at and around every
 edge (scalars and per-row tensors), and logits with ties, NaN, +-inf, +-1e30,
 subnormals and rows of almost only -inf.  Invariants (:func:`check_call`): the token is in [0, V) and in the
 reference's kept set; it is the reference's token (same Philox stream, same race);
@@ -69,6 +69,9 @@ def calls(draw, vocabs=VOCABS, max_batch=3):
                                                       [-0.5, 1.5, nan]))))
     order = draw(st.sampled_from(["top_k_first", "joint"]))
     cfg = draw(st.sampled_from(CONFIGS if V <= 256 else WIDE_CONFIGS))
+    chunks = draw(st.sampled_from([None, None, 1, 2, 3, 7]))    # rows split over programs
+    if chunks is not None:
+        cfg = dict(cfg, chunks=chunks)
     return x, dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                    order=order), cfg
 

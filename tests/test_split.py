@@ -1,7 +1,9 @@
 """Rows split over programs (small batches): the same tokens for every chunk count.
 
-``launch(..., chunks=S)`` cuts each row into S chunks of whole tiles (_split_kernel); the
-last chunk of a row to arrive finishes it.  The token and log-prob must not depend on S:
+``launch(..., chunks=S)`` cuts each row into S chunks of whole tiles (_split_kernel): the
+first launch reads each chunk once and the last chunk of a row to arrive combines them
+(greedy and plain rows end there, filtered rows are searched); a call with filters
+launches again for the collect pass, split the same way.  The token and log-prob must not depend on S:
 the reference's for every seed, with a last chunk shorter than the others, chunks past
 the row's end, and every row kind mixed in one launch.  Small tiles make several tiles
 per chunk, and small histograms and scratches make the filtered rows refine and gather
@@ -13,7 +15,7 @@ import torch
 from fused_sampler import _args, reference
 from fused_sampler.kernels import sampler
 
-from test_kernel import CASES, llm_like
+from test_kernel import CASES, RACE_PATHS, llm_like
 
 pytestmark = pytest.mark.interpreter
 
@@ -86,14 +88,39 @@ def test_ties_and_odd_rows_across_chunk_boundaries(case):
     assert_split_matches(a, 5, dict(block=64, bin_bits=4, cap=16))
 
 
+def test_top_p_alone_sums_its_bin_masses_in_a_launch_of_their_own():
+    # top-p alone's search wants the exact masses of pass 1's bins (a read of its own);
+    # split, the chunks sum them before the search runs, so a row that would not have
+    # needed them (here: the scratch holds every token) reads once more than unsplit
+    a = call(llm_like(2, 300, seed=6), top_p=0.8)
+    for cfg, extra in ((SMALL, 0), (dict(block=64), 1)):
+        tokens, logprobs, _, passes, _ = sampler.launch(a, False, stats=True, chunks=3, **cfg)
+        whole = sampler.launch(a, False, stats=True, **cfg)
+        assert torch.equal(tokens, reference.draw(a)[0])
+        assert torch.equal(tokens, whole[0])
+        assert (passes - whole[3]).tolist() == [extra] * 2, (passes, whole[3])
+
+
+def test_rows_with_more_candidates_than_the_scratch():
+    # top-p 0.99 at T = 3 keeps most of the row: more candidates than the scratch holds,
+    # so the last program of the first launch finishes each row alone (the dense path)
+    a = call(llm_like(3, 300, seed=13), temperature=3.0, top_p=0.99)
+    kept = (reference.probs(a) > 0).sum(1)
+    assert bool((kept > SMALL["cap"]).all()), kept
+    assert_split_matches(a, 3)
+
+
 @pytest.mark.parametrize("noise_test", [1, 2], ids=["loosest_bounds", "spoiled_bounds"])
-@pytest.mark.parametrize("case", ["plain", "temp"])
-def test_chunk_proofs_hold_at_the_margin_and_fall_back_exactly(case, noise_test):
-    # 1: every chunk's proof still holds (no fallback); 2: chunks prove nothing and the
-    # last program runs the whole row's exact race, counted as a fallback
-    a = call(llm_like(3, 500, seed=9), **CASES[case])
+@pytest.mark.parametrize("path", ["plain", "scratch", "dense"])
+def test_chunk_proofs_hold_at_the_margin_and_fall_back_exactly(path, noise_test):
+    # 1: every proof still holds (no fallback); 2: none holds, and the exact race over
+    # the whole row decides, counted as a fallback: plain rows in the last program of
+    # the first launch, after the proofs of their chunks; filtered rows in the last
+    # program of the second launch (scratch race) or the first (dense rows)
+    sizes, params = RACE_PATHS[path]
+    a = call(llm_like(3, 300, seed=13), **params)
     tokens, logprobs, _, passes, fallbacks = sampler.launch(
-        a, False, stats=True, chunks=3, noise_test=noise_test, **SMALL)
+        a, False, stats=True, chunks=3, noise_test=noise_test, **sizes)
     ref_tokens, ref_logprobs = reference.draw(a)
     assert torch.equal(tokens, ref_tokens)
     torch.testing.assert_close(logprobs, ref_logprobs, rtol=1e-5, atol=1e-5)
