@@ -480,10 +480,10 @@ def split_table(results, gpu, batches=(1, 8, 64)):
             continue
         name = r["spec"].replace("split ", "").replace(", launch 1", "")
         whole = by_name.get(name)
-        later = [by_name.get(r["spec"].replace("launch 1", what))
-                 for what in ("bin masses", "collect")]
-        later = [x for x in later if x is not None]
         filtered = "launch 1" in r["spec"]
+        later = [by_name.get(r["spec"].replace("launch 1", what))
+                 for what in ("bin masses", "collect") if filtered]
+        later = [x for x in later if x is not None]
         if whole is None or (filtered and not later):
             continue
         launches = [(x["typical"][0], per_pass(x)[x["typical"][0]]) for x in [r] + later]

@@ -39,7 +39,7 @@ def assert_split_matches(a, chunks, cfg=SMALL, **launch):
     ref_tokens, ref_logprobs = reference.draw(a)
     assert torch.equal(tokens, ref_tokens), (tokens, ref_tokens)
     torch.testing.assert_close(logprobs, ref_logprobs, rtol=1e-5, atol=1e-5)
-    whole = sampler.launch(a, False, stats=True, **cfg, **launch)
+    whole = sampler.launch(a, False, stats=True, chunks=0, **cfg, **launch)
     assert torch.equal(tokens, whole[0])
     assert passes.tolist() == whole[3].tolist()
     assert fallbacks.tolist() == whole[4].tolist()
@@ -95,7 +95,7 @@ def test_top_p_alone_sums_its_bin_masses_in_a_launch_of_their_own():
     a = call(llm_like(2, 300, seed=6), top_p=0.8)
     for cfg, extra in ((SMALL, 0), (dict(block=64), 1)):
         tokens, logprobs, _, passes, _ = sampler.launch(a, False, stats=True, chunks=3, **cfg)
-        whole = sampler.launch(a, False, stats=True, **cfg)
+        whole = sampler.launch(a, False, stats=True, chunks=0, **cfg)
         assert torch.equal(tokens, reference.draw(a)[0])
         assert torch.equal(tokens, whole[0])
         assert (passes - whole[3]).tolist() == [extra] * 2, (passes, whole[3])
