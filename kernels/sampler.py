@@ -1468,12 +1468,13 @@ def _filtered_row(row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, m_on, log_mp, 
     if ~dense:
         n, zc, unused_a, unused_b = _collect_pass(
             row_ptr, 0, V, m, inv_t, cand_lo, KEY_NONE, KEY_NONE, 0,
-            _need_z(scratch_row + CAP, HAS_TOP_K and not JOINT), 0, 0, scratch_row, scratch_row,
+            _need_z(scratch_row + CAP, HAS_TOP_P, HAS_TOP_K and not JOINT), 0, 0, scratch_row,
+            scratch_row,
             hist_row + 3 * NB, False, False, CAP, CHUNK, BLOCK)
         passes += 1
     return _after_collect(row_ptr, V, m, inv_t, n, zc, dense, passes, scratch_row,
-                          binmass_row, hist_row + 3 * NB, HAS_TOP_K, JOINT, PROBS, LOGPROBS,
-                          BLOCK, BIN_BITS, CAP, CHUNK, RARE_BLOCK, NOISE_TEST)
+                          binmass_row, hist_row + 3 * NB, HAS_TOP_K, HAS_TOP_P, JOINT, PROBS,
+                          LOGPROBS, BLOCK, BIN_BITS, CAP, CHUNK, RARE_BLOCK, NOISE_TEST)
 
 
 @_device
@@ -1687,21 +1688,25 @@ def _search(row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, m_on, log_mp, seed, 
 
 
 @_device
-def _need_z(st, TOP_K_FIRST: tl.constexpr):
+def _need_z(st, HAS_TOP_P: tl.constexpr, TOP_K_FIRST: tl.constexpr):
     """Whether the collect pass sums the exact normaliser Z (top-p still open, and its K
-    is Z), from the stashed search state."""
-    need = ~_get_b(st, 8)                              # ~b_done
-    if TOP_K_FIRST:
-        need = need & ~_get_b(st, 25)                  # K is the top-k set's mass
-    return need
+    is Z), from the stashed search state; without top-p, never (known at compile time:
+    the collect loop then carries no sum)."""
+    if HAS_TOP_P:
+        need = ~_get_b(st, 8)                          # ~b_done
+        if TOP_K_FIRST:
+            need = need & ~_get_b(st, 25)              # K is the top-k set's mass
+        return need
+    else:
+        return False
 
 
 @_device
 def _after_collect(row_ptr, V, m, inv_t, n, zc, dense, passes, scratch_row, binmass_row,
-                   words_row, HAS_TOP_K: tl.constexpr, JOINT: tl.constexpr,
-                   PROBS: tl.constexpr, LOGPROBS: tl.constexpr, BLOCK: tl.constexpr,
-                   BIN_BITS: tl.constexpr, CAP: tl.constexpr, CHUNK: tl.constexpr,
-                   RARE_BLOCK: tl.constexpr, NOISE_TEST: tl.constexpr):
+                   words_row, HAS_TOP_K: tl.constexpr, HAS_TOP_P: tl.constexpr,
+                   JOINT: tl.constexpr, PROBS: tl.constexpr, LOGPROBS: tl.constexpr,
+                   BLOCK: tl.constexpr, BIN_BITS: tl.constexpr, CAP: tl.constexpr,
+                   CHUNK: tl.constexpr, RARE_BLOCK: tl.constexpr, NOISE_TEST: tl.constexpr):
     """A filtered row after its collect pass (``n`` candidates in the scratch, exact Z
     ``zc`` when top-p needs it), or with ``dense`` when its candidates outnumber the
     scratch: the exact thresholds, the race over the kept tokens and their mass.  Returns
@@ -1722,7 +1727,8 @@ def _after_collect(row_ptr, V, m, inv_t, n, zc, dense, passes, scratch_row, binm
         b_hi = _get_i(st, 10)
         n, zc, above_a, above_b = _collect_pass(
             row_ptr, 0, V, m, inv_t, tl.where(a_done, KEY_NONE, a_lo), tl.where(a_done, 0, a_hi),
-            tl.where(b_done, KEY_NONE, b_lo), tl.where(b_done, 0, b_hi), _need_z(st, TOP_K_FIRST),
+            tl.where(b_done, KEY_NONE, b_lo), tl.where(b_done, 0, b_hi),
+            _need_z(st, HAS_TOP_P, TOP_K_FIRST),
             tl.where(a_done, _get_i(st, 7), a_hi + 1), b_hi + 1, scratch_row, scratch_row,
             words_row, True, False, CAP, CHUNK, RARE_BLOCK)
         passes += 1
@@ -1926,7 +1932,8 @@ def _search_row(row_ptr, V, row, m, z, V_Z, inv_t, k, k_on, p, p_on, m_on, log_m
     if dense:  # rare: the candidates outnumber the scratch; alone
         token, kept_lo, kept_mass, passes, fallbacks = _after_collect(
             row_ptr, V, m, inv_t, tl.full([], 0, tl.int32), tl.full([], 0, tl.int64), dense,
-            passes, scratch_row, binmass_row, hist_row + 3 * NB, HAS_TOP_K, JOINT, False,
+            passes, scratch_row, binmass_row, hist_row + 3 * NB, HAS_TOP_K, HAS_TOP_P, JOINT,
+            False,
             LOGPROBS, BLOCK, BIN_BITS, CAP, CHUNK, RARE_BLOCK, NOISE_TEST)
         _finish_filtered(row_ptr, V, row, m, inv_t, token, kept_lo, kept_mass, greedy, passes,
                          fallbacks, tokens_ptr, logprobs_ptr, logprobs_ptr, stats_row, False,
@@ -1949,7 +1956,8 @@ def _split_kernel(
     SEED_T: tl.constexpr, OFFSET_T: tl.constexpr,
     HAS_TOP_K: tl.constexpr, HAS_TOP_P: tl.constexpr, HAS_MIN_P: tl.constexpr,
     JOINT: tl.constexpr, LOGPROBS: tl.constexpr, STATS: tl.constexpr, PHASE: tl.constexpr,
-    BINS_LAUNCH: tl.constexpr, BLOCK: tl.constexpr, BIN_BITS: tl.constexpr, CAP: tl.constexpr, CHUNK: tl.constexpr,
+    BINS_LAUNCH: tl.constexpr, BLOCK: tl.constexpr, BIN_BITS: tl.constexpr, CAP: tl.constexpr,
+    CHUNK: tl.constexpr,
     RARE_BLOCK: tl.constexpr, MAX_PASSES: tl.constexpr, NOISE_TEST: tl.constexpr,
 ):
     """Rows split into chunks of ``chunk_len`` tokens (whole tiles): program (c, r) reads
@@ -2116,7 +2124,8 @@ def _split_kernel(
             words = words_ptr + (row * n_chunks + chunk) * BLOCK
             n_c, z_c, unused_a, unused_b = _collect_pass(
                 row_ptr, lo, hi, m, inv_t, _get_i(st, 31), KEY_NONE, KEY_NONE, 0,
-                _need_z(st, TOP_K_FIRST), 0, 0, scratch_row, tail + 2, words, False, True, CAP,
+                _need_z(st, HAS_TOP_P, TOP_K_FIRST), 0, 0, scratch_row, tail + 2, words, False,
+                True, CAP,
                 CHUNK, BLOCK)
             tl.atomic_add(z_sum, z_c, sem="relaxed")
             _fence()
@@ -2128,7 +2137,8 @@ def _split_kernel(
                 zc = tl.load(z_sum, cache_modifier=".cg")
                 token, kept_lo, kept_mass, passes, fallbacks = _after_collect(
                     row_ptr, V, m, inv_t, n, zc, verdict < 0, verdict, scratch_row,
-                    binmass_row, words, HAS_TOP_K, JOINT, False, LOGPROBS, BLOCK, BIN_BITS,
+                    binmass_row, words, HAS_TOP_K, HAS_TOP_P, JOINT, False, LOGPROBS, BLOCK,
+                    BIN_BITS,
                     CAP, CHUNK, RARE_BLOCK, NOISE_TEST)
                 _finish_filtered(row_ptr, V, row, m, inv_t, token, kept_lo, kept_mass, greedy,
                                  passes, fallbacks, tokens_ptr, logprobs_ptr, logprobs_ptr,

@@ -3,8 +3,8 @@
 ``launch(..., chunks=S)`` cuts each row into S chunks of whole tiles (_split_kernel): the
 first launch reads each chunk once and the last chunk of a row to arrive combines them
 (greedy and plain rows end there, filtered rows are searched); a call with filters
-launches again for the collect pass, split the same way.  The token and log-prob must not depend on S:
-the reference's for every seed, with a last chunk shorter than the others, chunks past
+launches again for the collect pass (and before it, top-p alone's bin masses), split the
+same way.  The token and log-prob must not depend on S: the reference's for every seed, with a last chunk shorter than the others, chunks past
 the row's end, and every row kind mixed in one launch.  Small tiles make several tiles
 per chunk, and small histograms and scratches make the filtered rows refine and gather
 after their split first pass.
