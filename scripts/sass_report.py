@@ -386,11 +386,12 @@ def estimate(gpu, B, V, itemsize, passes, registers, warps, block, launch_progra
 # the last program of a row after its chunk (its arrival atomic; reading the chunks'
 # summaries; plain rows: the winners' exact keys and the results; launch 1 of a filtered
 # row: the histogram, the search's scans and its stash; top-p alone's bin masses: the
-# search; the collect: the scratch's thresholds, histogram by histogram, the race and
-# the results).
+# search; the collect: the stash, the scratch's masses, top-k's and top-p's thresholds
+# at about three histogram levels each (top-p's with atomics read back), the race, the
+# token's logit: about 18 for top-k + top-p).
 LAUNCH_S = 2.0e-6
 MEMSET_S = 1.0e-6
-TAIL_TRIPS = {"race": 4, "first": 8, "bin masses": 8, "collect": 12}
+TAIL_TRIPS = {"race": 4, "first": 8, "bin masses": 8, "collect": 18}
 
 
 def estimate_split(gpu, B, V, itemsize, launches, registers, warps, block, chunks):
@@ -472,7 +473,8 @@ def per_pass(result):
 def split_table(results, gpu, batches=(1, 8, 64)):
     """Rows of a markdown table: each split call (its launches: "<call>, launch 1", then
     "<call>, bin masses" and "<call>, collect" where reported) against one program per
-    row (``estimate`` of "<call>", plus one launch), microseconds."""
+    row (``estimate`` of "<call>", plus one launch and the same serial round trips after
+    each pass, less reading the chunks' summaries), microseconds."""
     by_name = {r["spec"]: r for r in results}
     out = []
     for r in results:
@@ -493,15 +495,16 @@ def split_table(results, gpu, batches=(1, 8, 64)):
         for B in batches:
             one, _ = estimate(gpu, B, V_REPORT, whole["itemsize"], passes,
                               whole["registers"], whole["warps"], whole["block"], 2 * gpu.sms)
+            one += LAUNCH_S + sum(TAIL_TRIPS[p] - 1 for p in whole["typical"]) * gpu.latency_s
             plan = sampler.split_plan(B, V_REPORT, torch.device("cuda"), filtered,
                                       programs=2 * gpu.sms)
             if plan is None:
-                cells.append(f"{(one + LAUNCH_S) * 1e6:.0f} | (no split)")
+                cells.append(f"{one * 1e6:.0f} | (no split)")
                 continue
             chunks, block = plan
             t = estimate_split(gpu, B, V_REPORT, r["itemsize"], launches, registers,
                                max(4, min(16, block // 256)), block, chunks)
-            cells.append(f"{(one + LAUNCH_S) * 1e6:.0f} | {t * 1e6:.1f} ({chunks} x {block})")
+            cells.append(f"{one * 1e6:.0f} | {t * 1e6:.1f} ({chunks} x {block})")
         out.append(f"| {name} | " + " | ".join(cells) + " |")
     return out
 
@@ -550,7 +553,8 @@ def print_tables(results):
         rows = split_table(results, gpu)
         if rows:
             print(f"Small batches on an {gpu.name}: one program per row against rows split "
-                  f"over programs (chunks x tile from split_plan; launches "
+                  f"over programs (both with the same serial round trips after each pass; "
+                  f"chunks x tile from split_plan; launches "
                   f"{LAUNCH_S * 1e6:.0f} us, memset {MEMSET_S * 1e6:.0f} us, tail round trips "
                   f"{TAIL_TRIPS}: assumed), microseconds:\n")
             print("| call | " + " | ".join(f"B={B} per row | B={B} split" for B in (1, 8, 64))
