@@ -691,6 +691,15 @@ def cmd_summary(args) -> int:
             lines.append(f"  top_k_top_p fp32 V={r['V']:6d} B={r['B']:4d}: fused "
                          f"{r['median_us']:9.1f} us  floor {floor:8.1f} us"
                          + (f"  reference {ref[0]:9.1f} us" if ref else ""))
+        # small batches: fused_sampler (split rows on a GPU where B <= SMs) against one
+        # program per row
+        for r in sorted((r for r in rows if r["impl"] == "fused_sampler_per_row"),
+                        key=lambda r: (r["case"], r["V"], r["B"])):
+            split = [q["median_us"] for q in rows if q["impl"] == "fused_sampler" and
+                     all(q[k] == r[k] for k in ("B", "V", "dtype", "case"))]
+            lines.append(f"  {r['case']:11s} {r['dtype']} V={r['V']:6d} B={r['B']:4d}: one "
+                         f"program per row {r['median_us']:9.1f} us"
+                         + (f"  fused_sampler {split[0]:9.1f} us" if split else ""))
     if fi:
         lines.append(f"flashinfer: {'ok' if fi.get('ok') else fi.get('reason')}")
     print("\n".join(lines), flush=True)
