@@ -1106,28 +1106,12 @@ def _sample_row(
         _finish(row_ptr, V, row, m, inv_t, token, m, KEY_NEG_INF + 1, FIX, greedy, 1, 0,
                 tokens_ptr, logprobs_ptr, probs_row, stats_row, PROBS, LOGPROBS, STATS, BLOCK)
     elif race:
-        # ---- the one-read draw: cheap bounds per lane, anchored at the first tile's max
-        # so that they stay small numbers; then the proof; an exact race if it fails.
-        offs0, x0 = _load_tile(row_ptr, 0, V, BLOCK, True)
-        anchor = tl.max(x0, 0)
-        anchor = tl.where(tl.abs(anchor) < FLT_MAX, anchor, 0.0)
-        c2 = tl.maximum(inv_t * LOG2E, 1e-30)         # T = inf: d * 0 is NaN for -inf
-        ub_v, m_v, z_v = _race_pass(row_ptr, 0, V, seed, off_lo, off_hi, inv_t,
-                                    BIAS_2_32 - anchor * inv_t, c2, LOGPROBS, NOISE_TEST,
-                                    BLOCK)
-        token = tl.full([], 0, tl.int32)
-        x_tok = tl.full([], NEG_INF, tl.float32)
-        proved = no
-        if tl.abs(tl.max(ub_v, 0)) < POS_INF:
-            proved, key_won, token, x_tok = _settle(ub_v, anchor, inv_t, row_ptr, scratch_row,
-                                                    0, V, KEY_NEG_INF + 1, seed, off_lo, off_hi,
-                                                    False, BLOCK)
-        m = tl.full([], 0.0, tl.float32)
+        # ---- the one-read draw, then an exact race if its proof fails
+        ub, proved, token, x_tok, m, z = _race_range(row_ptr, 0, V, seed, off_lo, off_hi,
+                                                     inv_t, LOGPROBS, NOISE_TEST, BLOCK)
         kept_mass = tl.full([], FIX, tl.float64)
         if LOGPROBS:
-            m = tl.max(m_v, 0)
-            kept_mass = tl.sum(z_v.to(tl.float64) * tl.exp2((m_v - m) * c2).to(tl.float64),
-                               0) * FIX
+            kept_mass = z * FIX
             # (an extreme temperature can overflow the groups' rescale: the exact path)
             proved = proved & (kept_mass < POS_INF) & (kept_mass >= FIX)
         if proved:
@@ -1147,6 +1131,35 @@ def _sample_row(
             seed, offset, off_lo, off_hi, scratch_row, binmass_row, hist_row, tokens_ptr,
             logprobs_ptr, probs_row, stats_row, HAS_TOP_K, HAS_TOP_P, JOINT, PROBS, LOGPROBS,
             STATS, BLOCK, BIN_BITS, CAP, CHUNK, RARE_BLOCK, MAX_PASSES, NOISE_TEST)
+
+
+@_device
+def _race_range(row_ptr, lo, V, seed, off_lo, off_hi, inv_t, LOGPROBS: tl.constexpr,
+                NOISE_TEST: tl.constexpr, BLOCK: tl.constexpr):
+    """The one-read draw over tokens [lo, V) (a row, or a chunk of one): cheap bounds per
+    lane, anchored at the first tile's max so that they stay small numbers, then the
+    proof.  Returns (the largest bound, proved, the winner and its logit, and with
+    LOGPROBS the max and the normaliser relative to it (float64; else 0 and 0))."""
+    offs0, x0 = _load_tile(row_ptr, lo, V, BLOCK, True)
+    anchor = tl.max(x0, 0)
+    anchor = tl.where(tl.abs(anchor) < FLT_MAX, anchor, 0.0)
+    c2 = tl.maximum(inv_t * LOG2E, 1e-30)             # T = inf: d * 0 is NaN for -inf
+    ub_v, m_v, z_v = _race_pass(row_ptr, lo, V, seed, off_lo, off_hi, inv_t,
+                                BIAS_2_32 - anchor * inv_t, c2, LOGPROBS, NOISE_TEST, BLOCK)
+    ub = tl.max(ub_v, 0)
+    token = tl.full([], 0, tl.int32)
+    x_tok = tl.full([], NEG_INF, tl.float32)
+    proved = tl.full([], False, tl.int1)
+    if tl.abs(ub) < POS_INF:
+        proved, key_won, token, x_tok = _settle(ub_v, anchor, inv_t, row_ptr, row_ptr, lo, V,
+                                                KEY_NEG_INF + 1, seed, off_lo, off_hi, False,
+                                                BLOCK)
+    m = tl.full([], 0.0, tl.float32)
+    z = tl.full([], 0.0, tl.float64)
+    if LOGPROBS:
+        m = tl.max(m_v, 0)
+        z = tl.sum(z_v.to(tl.float64) * tl.exp2((m_v - m) * c2).to(tl.float64), 0)
+    return ub, proved, token, x_tok, m, z
 
 
 @_device
@@ -1655,12 +1668,8 @@ def _search(row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, m_on, log_mp, seed, 
     # the brackets and every key above the lower one.  With more of them than the
     # scratch holds, only the brackets, and the masses above them streamed.
     need_k_mass = no
-    need_z = no
     if TOP_K_FIRST:
         need_k_mass = ~b_done & k_on
-        need_z = ~b_done & ~k_on
-    else:
-        need_z = ~b_done
     theta_k_lo = tl.where(a_done, theta_k, a_lo)
     kept_lo = tl.maximum(tl.maximum(tl.where(k_on, theta_k_lo, 0),
                                     tl.where(p_on, tl.where(b_done, theta_p, b_lo), 0)), key_mp)
@@ -2015,26 +2024,12 @@ def _split_kernel(
             _put(part, 0, i_c)
             _put(part, 1, m_c)
         elif plain:
-            offs0, x0 = _load_tile(row_ptr, lo, hi, BLOCK, True)
-            anchor = tl.max(x0, 0)
-            anchor = tl.where(tl.abs(anchor) < FLT_MAX, anchor, 0.0)
-            ub_v, m_v, z_v = _race_pass(row_ptr, lo, hi, seed, off_lo, off_hi, inv_t,
-                                        BIAS_2_32 - anchor * inv_t, c2, LOGPROBS, NOISE_TEST,
-                                        BLOCK)
-            ub = tl.max(ub_v, 0)
+            ub, proved, token, x_c, m_c, z_c = _race_range(row_ptr, lo, hi, seed, off_lo,
+                                                           off_hi, inv_t, LOGPROBS, NOISE_TEST,
+                                                           BLOCK)
             # no finite bound: no finite logit (-inf), or +inf / NaN bounds (the exact way)
-            i_c = tl.where(ub == NEG_INF, PART_NONE, PART_UNSURE)
-            x_c = tl.full([], NEG_INF, tl.float32)
-            if tl.abs(ub) < POS_INF:
-                proved, key_won, token, x_c = _settle(ub_v, anchor, inv_t, row_ptr, row_ptr,
-                                                      lo, hi, KEY_NEG_INF + 1, seed, off_lo,
-                                                      off_hi, False, BLOCK)
-                i_c = tl.where(proved, token, PART_UNSURE)
-            m_c = tl.full([], NEG_INF, tl.float32)
-            z_c = tl.full([], 0.0, tl.float64)
-            if LOGPROBS:
-                m_c = tl.max(m_v, 0)
-                z_c = tl.sum(z_v.to(tl.float64) * tl.exp2((m_v - m_c) * c2).to(tl.float64), 0)
+            i_c = tl.where(proved, token,
+                           tl.where(ub == NEG_INF, PART_NONE, PART_UNSURE).to(tl.int32))
             _put(part, 0, i_c)
             _put(part, 1, x_c)
             _put(part, 2, m_c)
