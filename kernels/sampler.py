@@ -1852,16 +1852,15 @@ def _combine_greedy(parts_row, n_chunks):
 
 
 @_device
-def _combine_race(parts_row, n_chunks, inv_t, c2, seed, off_lo, off_hi):
-    """The race's winner over the chunks' winners, and the row's max and normaliser.
+def _combine_race(parts_row, n_chunks, inv_t, seed, off_lo, off_hi):
+    """The race's winner over the chunks' winners.
 
     Each chunk proved its winner against its own tokens; the row's winner is the best of
     theirs, keys recomputed exactly under one anchor (the best winners' logit: any anchor
-    gives the same argmax), ties to the lowest index.  Returns (sure, token, its logit,
-    max, normaliser as float64 in units of the max's weight)."""
+    gives the same argmax), ties to the lowest index.  Returns (sure, token, its logit):
+    not sure when a chunk proved nothing, or no chunk has a finite logit."""
     inv_t64 = inv_t.to(tl.float64)
     anchor = tl.full([], NEG_INF, tl.float64)
-    m = tl.full([], NEG_INF, tl.float64)
     unsure = tl.full([], 0, tl.int32)
     for c0 in range(0, n_chunks, PARTS_AT_ONCE):
         c = c0 + tl.arange(0, PARTS_AT_ONCE)
@@ -1869,14 +1868,11 @@ def _combine_race(parts_row, n_chunks, inv_t, c2, seed, off_lo, off_hi):
         idx = _part(parts_row, c, ok, 0)
         won = ok & (idx >= 0) & (idx < PART_NONE)
         anchor = tl.maximum(anchor, tl.max(_part_f(parts_row, c, won, 1, NEG_INF), 0))
-        m = tl.maximum(m, tl.max(_part_f(parts_row, c, ok, 2, NEG_INF), 0))
         unsure += tl.sum((ok & (idx == PART_UNSURE)).to(tl.int32), 0)
-    m32 = m.to(tl.float32)
     anchor = tl.where(anchor > NEG_INF, anchor, 0.0)
     best_key = tl.full([], NEG_INF, tl.float64)
     best_i = tl.full([], NO_TOKEN, tl.int32)
     best_x = tl.full([], NEG_INF, tl.float32)
-    z = tl.full([], 0.0, tl.float64)
     for c0 in range(0, n_chunks, PARTS_AT_ONCE):
         c = c0 + tl.arange(0, PARTS_AT_ONCE)
         ok = c < n_chunks
@@ -1894,17 +1890,13 @@ def _combine_race(parts_row, n_chunks, inv_t, c2, seed, off_lo, off_hi):
         best_key = tl.where(win, k_best, best_key)
         best_i = tl.where(win, i_best, best_i)
         best_x = tl.where(win, x_best, best_x)
-        # the chunks' normalisers, each relative to its own max
-        z_c = _part_f(parts_row, c, ok, 3, 0.0)
-        m_c = _part_f(parts_row, c, ok, 2, NEG_INF).to(tl.float32)
-        z += tl.sum(tl.where(z_c != 0.0, z_c * tl.exp2((m_c - m32) * c2).to(tl.float64), 0.0),
-                    0)
-    return (unsure == 0) & (best_key > NEG_INF), best_i, best_x, m32, z
+    return (unsure == 0) & (best_key > NEG_INF), best_i, best_x
 
 
 @_device
-def _combine_first(parts_row, n_chunks, c2):
-    """The row's max and normaliser from the chunks' pass-1 (max, normaliser)."""
+def _combine_max_and_z(parts_row, n_chunks, c2):
+    """The row's max and normaliser (float64, in units of the max's weight) from the
+    chunks' (max, normaliser relative to it): of pass 1, or of the race's log-probs."""
     m = tl.full([], NEG_INF, tl.float64)
     for c0 in range(0, n_chunks, PARTS_AT_ONCE):
         c = c0 + tl.arange(0, PARTS_AT_ONCE)
@@ -2052,14 +2044,14 @@ def _split_kernel(
                         0, tokens_ptr, logprobs_ptr, logprobs_ptr, stats_row, False, LOGPROBS,
                         STATS, BLOCK)
             elif plain:
-                proved, token, x_tok, m, z = _combine_race(parts_row, n_chunks, inv_t, c2,
-                                                           seed, off_lo, off_hi)
+                proved, token, x_tok = _combine_race(parts_row, n_chunks, inv_t, seed, off_lo,
+                                                     off_hi)
+                m = tl.full([], 0.0, tl.float32)
                 kept_mass = tl.full([], FIX, tl.float64)
                 if LOGPROBS:
+                    m, z = _combine_max_and_z(parts_row, n_chunks, c2)
                     kept_mass = z * FIX
                     proved = proved & (kept_mass < POS_INF) & (kept_mass >= FIX)
-                else:
-                    m = tl.full([], 0.0, tl.float32)
                 if proved:
                     _finish(row_ptr, V, row, m, inv_t, token, x_tok, KEY_NEG_INF + 1,
                             kept_mass, greedy, 1, 0, tokens_ptr, logprobs_ptr, logprobs_ptr,
@@ -2069,7 +2061,7 @@ def _split_kernel(
                                    hist_row, tokens_ptr, logprobs_ptr, logprobs_ptr, stats_row,
                                    False, LOGPROBS, STATS, BIN_BITS, BLOCK, RARE_BLOCK)
             elif FILTERS:
-                m, z = _combine_first(parts_row, n_chunks, c2)
+                m, z = _combine_max_and_z(parts_row, n_chunks, c2)
                 if HAS_TOP_K or HAS_TOP_P:
                     bins = tl.arange(0, NB)
                     hist = tl.load(_here(hist_row) + bins, cache_modifier=".cg")
@@ -2218,6 +2210,22 @@ def _param_args(a, dummy):
     return args, consts
 
 
+def _launch_common(a, return_logprobs, block, bin_bits, cap):
+    """What both kernels' launches start from: (tile width, histogram bits, scratch
+    capacity) for the call's V unless given, a 1-element dummy, the per-row parameters
+    as kernel arguments and their constexprs, and the tokens and log-probs outputs."""
+    x = a.logits
+    B, V = x.shape
+    sizes = _sizes_for(V)
+    dummy = torch.empty(1, dtype=torch.int64, device=x.device)
+    param_args, consts = _param_args(a, dummy)
+    tokens = torch.empty(B, dtype=torch.int64, device=x.device)
+    logprobs = torch.empty(B, dtype=torch.float32, device=x.device) if return_logprobs \
+        else dummy
+    return (block or sizes[0], bin_bits or sizes[1], cap or sizes[2]), dummy, param_args, \
+        consts, tokens, logprobs
+
+
 def _sizes_consts(block, bin_bits, cap, noise_test):
     return dict(BLOCK=block, BIN_BITS=bin_bits, CAP=cap, CHUNK=min(CHUNK_TILE, cap, block),
                 RARE_BLOCK=min(RARE_TILE, block), MAX_PASSES=max_passes(bin_bits),
@@ -2246,13 +2254,9 @@ def kernel_args(a, probs_mode: bool, *, return_logprobs: bool = True, block: int
     x = a.logits
     B, V = x.shape
     dev = x.device
-    sizes = _sizes_for(V)
-    block, bin_bits, cap = block or sizes[0], bin_bits or sizes[1], cap or sizes[2]
-    has_k, has_p, has_m = a.top_k is not None, a.top_p is not None, a.min_p is not None
-    dummy = torch.empty(1, dtype=torch.int64, device=dev)
-    param_args, consts = _param_args(a, dummy)
-    tokens = torch.empty(B, dtype=torch.int64, device=dev)
-    logprobs = torch.empty(B, dtype=torch.float32, device=dev) if return_logprobs else dummy
+    (block, bin_bits, cap), dummy, param_args, consts, tokens, logprobs = _launch_common(
+        a, return_logprobs, block, bin_bits, cap)
+    has_k, has_p, has_m = consts["HAS_TOP_K"], consts["HAS_TOP_P"], consts["HAS_MIN_P"]
     probs = torch.empty(B, V, dtype=torch.float32, device=dev) if probs_mode else dummy
     grid = min(B, programs or _programs_for(dev))
     # per program: the scratch (cap entries) and the search's state area (32 slots)
@@ -2314,20 +2318,15 @@ def split_kernel_args(a, chunks: int, *, return_logprobs: bool = True, block: in
     """The launch of a checked sampling call by _split_kernel, rows cut into ``chunks``
     chunks of whole tiles (grid chunks x B), for its first launch (``phase`` 1; then,
     with the same arguments, PHASE=2 where the constexprs say BINS_LAUNCH, and PHASE=3
-    for a call with filters); the rest as
-    :func:`kernel_args`.  Scratch memory is per row (bounded: rows split only while the
-    batch is small), and the histograms with each row's counters start at zero (one
-    memset)."""
+    for a call with filters); the rest as :func:`kernel_args`.  Scratch memory is per
+    row (bounded: rows split only while the batch is small), and the histograms with
+    each row's counters start at zero (one memset)."""
     x = a.logits
     B, V = x.shape
     dev = x.device
-    sizes = _sizes_for(V)
-    block, bin_bits, cap = block or sizes[0], bin_bits or sizes[1], cap or sizes[2]
-    has_k, has_p, has_m = a.top_k is not None, a.top_p is not None, a.min_p is not None
-    dummy = torch.empty(1, dtype=torch.int64, device=dev)
-    param_args, consts = _param_args(a, dummy)
-    tokens = torch.empty(B, dtype=torch.int64, device=dev)
-    logprobs = torch.empty(B, dtype=torch.float32, device=dev) if return_logprobs else dummy
+    (block, bin_bits, cap), dummy, param_args, consts, tokens, logprobs = _launch_common(
+        a, return_logprobs, block, bin_bits, cap)
+    has_k, has_p, has_m = consts["HAS_TOP_K"], consts["HAS_TOP_P"], consts["HAS_MIN_P"]
     filtered = has_k or has_p or has_m
     scratch = torch.empty(B, cap + 32, dtype=torch.int64, device=dev) if filtered else dummy
     # per row (int32): B's bin masses (int64), three histograms and the collect's words,
