@@ -2342,10 +2342,13 @@ def split_kernel_args(a, chunks: int, *, return_logprobs: bool = True, block: in
     chunk_len = -(-tiles // chunks) * block
     args = (x, x.stride(0), V, chunk_len, *param_args, tokens, logprobs, scratch,
             hists, hists.view(torch.int64), hists.stride(0), hist_at, parts, words, stats_out)
-    # rows may have top-p alone (not when a scalar top-k is on for every row)
+    # rows may have top-p alone (not when a scalar top-k is on for every row).  Only with
+    # top-k given: Triton 3.6 (the GPU image's) crashes in TritonGPUCoalesce compiling
+    # PHASE 1 of a call with top-p and no top-k that defers its search (found on an H200),
+    # so there top-p alone's bin masses stay in the last program, unsplit.
     k_everywhere = has_k and not isinstance(a.top_k, torch.Tensor) and 0 < a.top_k < V
     consts.update(LOGPROBS=return_logprobs, STATS=stats, PHASE=phase,
-                  BINS_LAUNCH=has_p and not k_everywhere,
+                  BINS_LAUNCH=has_p and has_k and not k_everywhere,
                   **_sizes_consts(block, bin_bits, cap, noise_test))
     return (chunks, B), args, consts, (tokens, logprobs, dummy, stats_out)
 

@@ -11,9 +11,10 @@ The specialisation is the one a real launch gets: Triton's own binder reads the 
 GPU runs (128-bit loads where a launch would get them).
 
     python scripts/compile_check.py             # every filter / mode combination
-    python scripts/compile_check.py --quick     # seven: all filters drawing and writing
+    python scripts/compile_check.py --quick     # eight: all filters drawing and writing
                                                 # probs, plain, min-p alone; split rows
-                                                # plain, and all filters' launches 1, 3
+                                                # plain, top-p alone's launch 1, and all
+                                                # filters' launches 1, 3
 """
 import argparse
 import contextlib
@@ -109,6 +110,9 @@ def calls(quick):
     # collect pass)
     a = _args.check(x, 0.7, None, None, None, "top_k_first", seed=3, validate=False)
     yield "split rows: plain sample scalars", a, False, dict(chunks=126, block=1024)
+    # top-p alone: its PHASE 1 crashed Triton 3.6 while it deferred the search
+    a = _args.check(x, 0.7, None, 0.9, None, "top_k_first", seed=3, validate=False)
+    yield "split rows, launch 1: k=0 p=1 min_p=0 sample scalars", a, False, dict(chunks=32)
     a = _args.check(x, 0.7, rows(50, torch.int64), 0.9, 0.05, "top_k_first", seed=3,
                     validate=False)
     for phase in (1, 2, 3):

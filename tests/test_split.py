@@ -91,8 +91,9 @@ def test_ties_and_odd_rows_across_chunk_boundaries(case):
 def test_top_p_alone_sums_its_bin_masses_in_a_launch_of_their_own():
     # top-p alone's search wants the exact masses of pass 1's bins (a read of its own);
     # split, the chunks sum them before the search runs, so a row that would not have
-    # needed them (here: the scratch holds every token) reads once more than unsplit
-    a = call(llm_like(2, 300, seed=6), top_p=0.8)
+    # needed them (here: the scratch holds every token) reads once more than unsplit.
+    # (Rows of top-p alone in a call with top-k: a call without it keeps them unsplit.)
+    a = call(llm_like(2, 300, seed=6), top_k=torch.tensor([0, 0]), top_p=0.8)
     for cfg, extra in ((SMALL, 0), (dict(block=64), 1)):
         tokens, logprobs, _, passes, _ = sampler.launch(a, False, stats=True, chunks=3, **cfg)
         whole = sampler.launch(a, False, stats=True, chunks=0, **cfg)
