@@ -48,10 +48,15 @@ done
 dups=$(ls .whl/*.whl | xargs -n1 basename | cut -d- -f1 | sort | uniq -d)
 [ -z "$dups" ] || { echo "fetch_wheels: several versions of: $dups (remove all but one)" >&2; exit 1; }
 
+# The stamp: the commit, "-dirty" with uncommitted changes, and the content hash of the
+# tracked files as they are now (.whl/FILES lists them), which gpu_session.sh recomputes on
+# the device: a tree changed after the stamp reads "<commit>-changed-after-stamp" there.
 c=$(git rev-parse HEAD)
 git diff --quiet HEAD -- 2>/dev/null || c+="-dirty"
-echo "$c" > .whl/COMMIT
-echo "stamped .whl/COMMIT: $c"
+git ls-files > .whl/FILES
+tree=$(tr '\n' '\0' < .whl/FILES | xargs -0 sha1sum 2>/dev/null | sha1sum | cut -c1-40)
+printf '%s\n%s\n' "$c" "$tree" > .whl/COMMIT
+echo "stamped .whl/COMMIT: $c (tracked files $tree)"
 
 total=$(du -cm .whl | tail -1 | cut -f1)
 du -h .whl/*

@@ -30,8 +30,8 @@
 # Where one command may run at most 10 minutes, run `test`, then `bench --dtype float32`,
 # then `bench --dtype bfloat16` as three commands, and merge the two JSON files afterwards
 # with `python -m bench --merge A.json B.json --out bench/results/<gpu>.json`.
-# Set FS_BENCH_COMMIT=<sha> when the tree was copied without .git (else .whl/COMMIT,
-# written by bench/fetch_wheels.sh, is used).
+# The commit recorded is .whl/COMMIT, stamped by bench/fetch_wheels.sh just before the call
+# and checked here against the tracked files' content; FS_BENCH_COMMIT=<sha> overrides it.
 # `session` environment: FS_SESSION_BUDGET (seconds, default 450), FS_DRY_RUN=1 (CPU
 # rehearsal; automatic without CUDA), FS_KEEP_TRITON_CACHE=1 (reuse compiled kernels on a
 # rerun instead of timing their compilation again).
@@ -68,13 +68,20 @@ if [ -z "$DRY" ]; then
       2>/dev/null; then DRY=0; else DRY=1; fi
 fi
 
-commit_id() {  # FS_BENCH_COMMIT, else git (-dirty), else .whl/COMMIT (bench/fetch_wheels.sh)
+commit_id() {  # FS_BENCH_COMMIT, else .whl/COMMIT (bench/fetch_wheels.sh) checked against
+               # the tracked files' content, else git (-dirty), else unknown.  The stamp
+               # comes first: the device's copy of the tree may carry a stale .git (the
+               # first H200 session read 5648dd9 from one while running c5e5c79).
   if [ -n "${FS_BENCH_COMMIT:-}" ]; then echo "$FS_BENCH_COMMIT"; return; fi
   local c
-  if c=$(git rev-parse HEAD 2>/dev/null); then
+  if [ -s .whl/COMMIT ] && [ -s .whl/FILES ]; then
+    c=$(sed -n 1p .whl/COMMIT)
+    if [ "$(tr '\n' '\0' < .whl/FILES | xargs -0 sha1sum 2>/dev/null | sha1sum | cut -c1-40)" \
+         != "$(sed -n 2p .whl/COMMIT)" ]; then c+="-changed-after-stamp"; fi
+    echo "$c"
+  elif c=$(git rev-parse HEAD 2>/dev/null); then
     [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && c+="-dirty"
     echo "$c"
-  elif [ -s .whl/COMMIT ]; then head -1 .whl/COMMIT
   else echo unknown; fi
 }
 

@@ -17,6 +17,10 @@ The results file has exactly this schema::
      "rows": [{"B": int, "V": int, "dtype": "float32" | "bfloat16", "case": str,
                "impl": str, "median_us": float}, ...]}
 
+``impl`` is a name of ``bench.workloads.IMPLS``, timed eagerly with events, or a timing
+variant ``<impl>@graph`` (its CUDA-graph replays) or ``<impl>@host`` (the host time of one
+eager call: not a GPU time); see ``bench.workloads.TIMINGS``.
+
 Why an implementation did not run is printed and written next to the results, to
 ``<out>.notes.txt`` (the schema has no room for it); :mod:`bench.plot` copies those notes
 into ``bench/README.md``.
@@ -72,6 +76,45 @@ def cpu_median_us(fn, reps: int = 5, warmup: int = 1) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1e6
+
+
+def host_median_us(fn, calls: int = 40, busy_ms: float = 50.0) -> float:
+    """Median host microseconds of one ``fn()`` call: on a GPU, issued while the stream is
+    held busy (``torch.cuda._sleep``, ``busy_ms`` at most), so no call waits for the
+    device and the time is the call's own Python, allocations and launches; on a CPU,
+    the calls themselves."""
+    if not torch.cuda.is_available():
+        return cpu_median_us(fn, reps=calls // 8 or 1, warmup=0)
+    fn()
+    torch.cuda.synchronize()
+    rate_khz = getattr(torch.cuda.get_device_properties(0), "clock_rate", 0) or 2_000_000
+    torch.cuda._sleep(int(busy_ms * rate_khz))
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    still_busy = not torch.cuda.current_stream().query()
+    torch.cuda.synchronize()
+    if not still_busy:
+        raise RuntimeError(f"the GPU finished its {busy_ms} ms wait before the host issued "
+                           f"{calls} calls: host times may include waits")
+    return statistics.median(times) * 1e6
+
+
+def graph_median_us(fn, timer) -> float:
+    """``timer`` of the replays of ``fn()`` captured once in a CUDA graph."""
+    if not torch.cuda.is_available():
+        raise wl.Unavailable("CUDA graphs need a GPU")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):          # warm-up off the capture stream, as torch asks
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return timer(graph.replay)
 
 
 def copy_bandwidth_GBps(device, timer, nbytes: int) -> float:
@@ -260,12 +303,17 @@ class Run:
     def measure_point(self, impl, case, dtype, V, B):
         """Median microseconds of one (impl, case, dtype, V, B), or None if it failed."""
         inputs, oom = None, False
+        base, timing = wl.split_impl(impl)
         try:
-            call = wl.build(impl, case, B, self.device, self.compile_backend)
+            call = wl.build(base, case, B, self.device, self.compile_backend)
             inputs = wl.make_inputs(B, V, dtype, self.device, self.cache)
             call(inputs[0])                # first call: compiles; not timed
             self.sync()
+            if timing == "graph":          # do_bench's L2 flush keeps the one input cold
+                return graph_median_us(lambda: call(inputs[0]), self.timer)
             rotation = itertools.cycle(inputs)
+            if timing == "host":
+                return host_median_us(lambda: call(next(rotation)))
             return self.timer(lambda: call(next(rotation)))
         except wl.Unavailable as exc:
             self.failed[impl] = str(exc)
@@ -350,12 +398,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     cases = tuple(args.cases.split(",")) if args.cases else grid.cases
     impls = tuple(args.impls.split(","))
     for name, given, known in (("--dtypes", dtypes, wl.DTYPES), ("--cases", cases, wl.CASES),
-                               ("--impls", impls, wl.IMPLS)):
+                               ("--impls", impls, wl.KNOWN_IMPLS)):
         unknown = [g for g in given if g not in known]
         if unknown:
             p.error(f"{name}: unknown {unknown}; choose from {list(known)}")
     args.grid = wl.Grid(grid.batch_sizes, grid.vocab_sizes, dtypes, cases)
-    args.impls = [i for i in wl.IMPLS if i in impls]
+    args.impls = [i for i in wl.KNOWN_IMPLS if i in impls]
     return args
 
 

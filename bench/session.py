@@ -57,6 +57,9 @@ REF_MAX_B = 256          # torch_reference only up to this batch (it is slow, an
 FLASHINFER_IMPLS = ("flashinfer_top_k_first", "flashinfer_joint", "flashinfer_probs",
                     "flashinfer_logits")
 CORE_IMPLS = ("fused_sampler", "torch_reference")
+SMALL_IMPLS = ("fused_sampler@graph", "fused_sampler_per_row@graph", "fused_sampler@host",
+               "fused_sampler_per_row@host")
+FLASHINFER_GRAPH_IMPLS = ("flashinfer_logits@graph", "flashinfer_joint@graph")
 
 # The test specialisations precompile warms (tests/test_gpu.py: test_cuda_graph_capture_*,
 # test_validate_false_never_syncs, test_same_tokens_on_gpu_*).  CASES is read from the
@@ -519,17 +522,26 @@ def phases(dry: bool) -> list:
     f32, bf16 = ("float32",), ("bfloat16",)
     both = g["dtypes"]
     mk = lambda dts, vs: wl.Grid(g["batch"], vs, dts, cases)  # noqa: E731
+    small = wl.Grid(g["batch"][:3], g["v_first"][-1:], f32, cases)
     return [
         ("float32, V first", CORE_IMPLS, mk(f32, g["v_first"])),
         # small batches: the split rows fused_sampler runs there against one program per row
         ("float32, one program per row", ("fused_sampler_per_row",),
-         wl.Grid(g["batch"][:3], g["v_first"][-1:], f32, cases)),
+         small),
+        # the same under CUDA graphs, and the host time of an eager call: the first
+        # session's eager times at small B could not tell host overhead from GPU time
+        ("float32 small batches, CUDA graphs and host time", SMALL_IMPLS, small),
         ("flashinfer float32, V first", FLASHINFER_IMPLS, mk(f32, g["v_first"])),
+        ("flashinfer float32 small batches, CUDA graphs", FLASHINFER_GRAPH_IMPLS, small),
         ("bfloat16, V first", CORE_IMPLS, mk(bf16, g["v_first"])),
         ("flashinfer bfloat16, V first", FLASHINFER_IMPLS, mk(bf16, g["v_first"])),
         ("V later, both dtypes", CORE_IMPLS, mk(both, g["v_later"])),
         ("flashinfer V later, both dtypes", FLASHINFER_IMPLS, mk(both, g["v_later"])),
     ]
+
+
+def _is_flashinfer(impls) -> bool:
+    return all(i.startswith("flashinfer") for i in impls)
 
 
 def _flashinfer_state(path):
@@ -571,7 +583,7 @@ def cmd_bench(args) -> int:
         if fi_state is None:
             fi_state = _flashinfer_state(args.flashinfer_status)
         # the first phase in order that can run now: FlashInfer's wait for its build
-        pick = next((q for q in queue if q[1] != FLASHINFER_IMPLS or fi_state is not None),
+        pick = next((q for q in queue if not _is_flashinfer(q[1]) or fi_state is not None),
                     None)
         if pick is None:                   # only FlashInfer phases left, still building
             while fi_state is None and time.monotonic() < run.deadline:
@@ -586,9 +598,9 @@ def cmd_bench(args) -> int:
             deferred_said = True
         queue.remove(pick)
         label, impls, grid = pick
-        if impls == FLASHINFER_IMPLS and not any(i in run.failed for i in impls):
+        if _is_flashinfer(impls) and not any(i in run.failed for i in impls):
             if not fi_state.get("ok"):
-                for impl in FLASHINFER_IMPLS:
+                for impl in impls:
                     run.failed[impl] = fi_state.get("reason", "unknown")
                     run.note(f"{impl}: not run: {fi_state.get('reason', 'unknown')}")
                 run.save()
@@ -692,14 +704,24 @@ def cmd_summary(args) -> int:
                          f"{r['median_us']:9.1f} us  floor {floor:8.1f} us"
                          + (f"  reference {ref[0]:9.1f} us" if ref else ""))
         # small batches: fused_sampler (split rows on a GPU where B <= SMs) against one
-        # program per row
-        for r in sorted((r for r in rows if r["impl"] == "fused_sampler_per_row"),
-                        key=lambda r: (r["case"], r["V"], r["B"])):
-            split = [q["median_us"] for q in rows if q["impl"] == "fused_sampler" and
-                     all(q[k] == r[k] for k in ("B", "V", "dtype", "case"))]
-            lines.append(f"  {r['case']:11s} {r['dtype']} V={r['V']:6d} B={r['B']:4d}: one "
-                         f"program per row {r['median_us']:9.1f} us"
-                         + (f"  fused_sampler {split[0]:9.1f} us" if split else ""))
+        # program per row, eager, under CUDA graphs, and the host time of an eager call
+        small = ("fused_sampler", "fused_sampler_per_row", *SMALL_IMPLS,
+                 *FLASHINFER_GRAPH_IMPLS)
+        t = {(r["case"], r["dtype"], r["V"], r["B"], r["impl"]): r["median_us"] for r in rows
+             if r["impl"] in small}
+        points = sorted({k[:4] for k in t if k[4] != "fused_sampler"})
+        if points:
+            lines.append("  small batches, us (split rows / one program per row):")
+        for case, dtype, V, B in points:
+            def pair(suffix):
+                a, b = (t.get((case, dtype, V, B, f"{impl}{suffix}"))
+                        for impl in ("fused_sampler", "fused_sampler_per_row"))
+                return "/".join("-" if v is None else f"{v:.1f}" for v in (a, b))
+            fi_graph = [f"{i.split('@')[0]} {t[(case, dtype, V, B, i)]:.1f}"
+                        for i in FLASHINFER_GRAPH_IMPLS if (case, dtype, V, B, i) in t]
+            lines.append(f"  {case:11s} {dtype} V={V:6d} B={B:4d}: eager {pair('')}  graph "
+                         f"{pair('@graph')}  host {pair('@host')}"
+                         + (f"  graph {', '.join(fi_graph)}" if fi_graph else ""))
     if fi:
         lines.append(f"flashinfer: {'ok' if fi.get('ok') else fi.get('reason')}")
     print("\n".join(lines), flush=True)

@@ -73,8 +73,36 @@ IMPLS = (
 )
 """Implementation names, in the order a run measures them (cheapest and most wanted first)."""
 
-OPTIONAL_IMPLS = frozenset(IMPLS) - {"fused_sampler", "torch_reference"}
+TIMINGS = ("graph", "host")
+"""How an ``impl@timing`` variant is timed instead of eagerly with events.  ``graph``: the
+call captured once in a CUDA graph, its replays timed (what an engine that captures its
+decode step sees: no host work, the launch gaps of one graph).  ``host``: the median
+host time of one eager call while the GPU is held busy (what the call's Python and
+launches cost on the CPU; on a GPU faster than that, eager timings measure the host)."""
+
+VARIANT_IMPLS = (
+    "fused_sampler@graph",
+    "fused_sampler_per_row@graph",
+    "fused_sampler@host",
+    "fused_sampler_per_row@host",
+    "flashinfer_logits@graph",
+    "flashinfer_joint@graph",
+)
+"""Timing variants, run only where named (the GPU session's small-batch phases)."""
+
+KNOWN_IMPLS = IMPLS + VARIANT_IMPLS
+
+OPTIONAL_IMPLS = frozenset(KNOWN_IMPLS) - {"fused_sampler", "torch_reference"}
 """Implementations whose failure is recorded rather than raised, even in a strict run."""
+
+
+def split_impl(impl: str) -> tuple:
+    """``(base implementation, timing)`` of an implementation name: timing is ``"events"``
+    for a plain name, else one of :data:`TIMINGS` (``"fused_sampler@graph"``)."""
+    base, _, timing = impl.partition("@")
+    if timing and timing not in TIMINGS:
+        raise ValueError(f"unknown timing {timing!r} in {impl!r}; choose from {TIMINGS}")
+    return base, timing or "events"
 
 
 class Unavailable(RuntimeError):
@@ -169,6 +197,7 @@ def floor_us(batch: int, vocab: int, dtype: str, bandwidth_GBps: float) -> float
 def applies(impl: str, case: str) -> bool:
     """Whether ``impl`` has a call for ``case`` (FlashInfer's logits entry points are
     specific: the two top-k/top-p orders, and plain sampling from logits)."""
+    impl = split_impl(impl)[0]
     if impl in ("flashinfer_joint", "flashinfer_top_k_first"):
         return case == "top_k_top_p"
     if impl == "flashinfer_logits":
@@ -283,6 +312,7 @@ def _flashinfer(impl: str, case: str, device) -> Callable:
     fi = flashinfer_sampling()
     p = CASES[case]
     scale = _scaled(p["temperature"])
+    impl = split_impl(impl)[0]
     if impl in ("flashinfer_joint", "flashinfer_top_k_first"):
         order = "joint" if impl == "flashinfer_joint" else "top_k_first"
         return lambda x: fi.top_k_top_p_sampling_from_logits(
