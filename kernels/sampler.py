@@ -81,6 +81,7 @@ EPS_E_2_32 = tl.constexpr(2.0 ** -21 * 2.0 ** 32)
 BIAS_2_32 = tl.constexpr(32 * 0.6931471805599453)       # -log(2^-32)
 # A lane's bound c covers every exact key of the lane up to
 # MARGIN_REL * (|c| + |anchor / T| + MARGIN_ABS): docs/design.md, "The race".
+C2_FLOOR = tl.constexpr(2.0 ** -126)     # the smallest normal float32: see _c2
 MARGIN_REL = tl.constexpr(2.0 ** -20)
 MARGIN_ABS = tl.constexpr(64.0)
 
@@ -156,12 +157,23 @@ def _exp2_fast(x):
 
 
 @_device
+def _c2(inv_t):
+    """log2(e) / T, the scale of every weight's exponent, floored at the smallest normal
+    float32 (C2_FLOOR).  At T = inf, (x - max) * 0 would be NaN for a -inf logit, while
+    (x - max) * 2^-126 is -inf for it and, for finite logits up to 2e30 apart (the
+    contract's +-1e30), at most 2.4e-8: weights of 1 to float32 rounding, uniform over the
+    finite tokens as the contract says.  (The floor of 1e-30 used before weighed logits
+    1e30 apart unequally: 0.44 for a 0.25 share.)"""
+    return tl.maximum(inv_t * LOG2E, C2_FLOOR)
+
+
+@_device
 def _term(x, m, inv_t):
     """Each token's exact mass: float32 2^((x - m) log2(e) / T) in fixed point, int64 units
     of 2^-40, truncated.  A function of the token alone, so sums of it are exact and
     order-free; it is exp((x - m) / T) within a few ulp, inside the contract's top-p band
     (weights below 2^-126 flush to zero, far below the fixed point's unit)."""
-    c2 = tl.maximum(inv_t * LOG2E, 1e-30)         # T = inf: (x - m) * 0 is NaN for -inf
+    c2 = _c2(inv_t)
     return (_exp2_fast((x - m) * c2) * FIX).to(tl.int64)
 
 
@@ -626,7 +638,7 @@ def _first_pass(row_ptr, lo, V, inv_t, hist_row, HIST: tl.constexpr, BIN_BITS: t
     bracket A's, bracket B's), or with ADD added to the first by atomics (a chunk's
     share of its row's)."""
     NB: tl.constexpr = 1 << BIN_BITS
-    c2 = tl.maximum(inv_t * LOG2E, 1e-30)             # T = inf: d * 0 would be NaN for -inf
+    c2 = _c2(inv_t)
     m_v = tl.full([BLOCK // 4], -FLT_MAX, tl.float32)
     z_v = tl.zeros([BLOCK // 4], tl.float32)
     hist = tl.zeros([NB], tl.int32)
@@ -759,7 +771,7 @@ def _refine_pass(row_ptr, V, m, inv_t, a_open, a_lo, a_hi, a_shift, b_open, b_lo
     (k mass, b mass, exact k mass, exact b mass), the first two in units of the max
     token's weight (zero with EXACT), the last two zero without EXACT."""
     NB: tl.constexpr = 1 << BIN_BITS
-    c2 = tl.maximum(inv_t * LOG2E, 1e-30)             # T = inf: d * 0 would be NaN for -inf
+    c2 = _c2(inv_t)
     # a bracket as one unsigned compare, key - lo <= hi - lo; a closed one is empty
     a_lo32 = _u32(tl.where(a_open, a_lo, KEY_TOP))
     a_span32 = _u32(tl.where(a_open, a_hi - a_lo, 0))
@@ -924,26 +936,45 @@ def _write_pass(row_ptr, V, m, inv_t, kept_lo, greedy, arg, scale, probs_row,
 # The scratch holds int64 entries key << 32 | index.
 
 @_device
-def _scratch_chunk(scratch_row, start, n, CHUNK: tl.constexpr):
+def _scratch_held(scratch_row, n, CHUNK: tl.constexpr):
+    """The scratch's entries, loaded once, when it has at most CHUNK (the common case: a
+    few hundred candidates), else zeros.  The scratch stage's loops read a scratch this
+    small from these registers instead of memory: its thresholds, masses and race then
+    cost no memory round trip each (docs/design.md, "Small batches")."""
+    pos = tl.arange(0, CHUNK)
+    return tl.load(scratch_row + pos, mask=pos < tl.where(n <= CHUNK, n, 0), other=0)
+
+
+@_device
+def _scratch_entries(scratch_row, start, n, held, CHUNK: tl.constexpr):
+    """CHUNK scratch entries from ``start`` (0 past the n entries): from ``held`` when
+    the scratch has at most CHUNK (then start is 0), else from memory."""
+    pos = start + tl.arange(0, CHUNK)
+    entry = tl.load(scratch_row + pos, mask=pos < tl.where(n > CHUNK, n, 0), other=0)
+    return tl.where(n > CHUNK, entry, held)
+
+
+@_device
+def _scratch_chunk(scratch_row, start, n, held, CHUNK: tl.constexpr):
     """CHUNK scratch keys from ``start`` as int64 in [0, 2^32) (-1 past the n entries)."""
     pos = start + tl.arange(0, CHUNK)
-    entry = tl.load(scratch_row + pos, mask=pos < n, other=0)
+    entry = _scratch_entries(scratch_row, start, n, held, CHUNK)
     return tl.where(pos < n, (entry >> 32) & 0xFFFFFFFF, -1)
 
 
 @_device
-def _scratch_mass(scratch_row, n, m, inv_t, lo, hi, CHUNK: tl.constexpr):
+def _scratch_mass(scratch_row, n, held, m, inv_t, lo, hi, CHUNK: tl.constexpr):
     """Exact mass (fixed point, float64) of the scratch's tokens with keys in [lo, hi]."""
     total = tl.full([], 0, tl.int64)
     for start in range(0, n, CHUNK):
-        key = _scratch_chunk(scratch_row, start, n, CHUNK)
+        key = _scratch_chunk(scratch_row, start, n, held, CHUNK)
         inside = (key >= lo) & (key <= hi)
         total += tl.sum(tl.where(inside, _term(_unkey(tl.maximum(key, 0)), m, inv_t), 0), 0)
     return total.to(tl.float64)
 
 
 @_device
-def _scratch_top_k(scratch_row, n, k, a_lo, a_hi, a_above, BIN_BITS: tl.constexpr,
+def _scratch_top_k(scratch_row, n, held, k, a_lo, a_hi, a_above, BIN_BITS: tl.constexpr,
                    CHUNK: tl.constexpr):
     """The exact top-k threshold key from the scratch, which holds every finite key of
     bracket A [a_lo, a_hi] (``a_above`` keys lie above it): finer count histograms of the
@@ -961,7 +992,7 @@ def _scratch_top_k(scratch_row, n, k, a_lo, a_hi, a_above, BIN_BITS: tl.constexp
         shift = _next_shift(lo, hi, BIN_BITS)
         cnt = tl.zeros([NB], tl.int32)
         for start in range(0, n, CHUNK):
-            key = _scratch_chunk(scratch_row, start, n, CHUNK)
+            key = _scratch_chunk(scratch_row, start, n, held, CHUNK)
             inside = (key >= lo) & (key <= hi)
             cnt += tl.histogram(tl.where(inside, (key - lo) >> shift, 0).to(tl.int32) & (NB - 1),
                                 NB, mask=inside)
@@ -976,7 +1007,7 @@ def _scratch_top_k(scratch_row, n, k, a_lo, a_hi, a_above, BIN_BITS: tl.constexp
 
 
 @_device
-def _scratch_top_p(scratch_row, binmass_row, n, m, inv_t, b_lo, b_hi,
+def _scratch_top_p(scratch_row, binmass_row, n, held, m, inv_t, b_lo, b_hi,
                    mass_above_b, cnt_above_b, pk, floor_key, BIN_BITS: tl.constexpr,
                    CHUNK: tl.constexpr):
     """The exact top-p threshold key from the scratch, which holds every key of bracket B
@@ -998,7 +1029,7 @@ def _scratch_top_p(scratch_row, binmass_row, n, m, inv_t, b_lo, b_hi,
         tl.debug_barrier()
         cnt = tl.zeros([NB], tl.int32)
         for start in range(0, n, CHUNK):
-            key = _scratch_chunk(scratch_row, start, n, CHUNK)
+            key = _scratch_chunk(scratch_row, start, n, held, CHUNK)
             inside = (key >= lo) & (key <= hi)
             b = tl.where(inside, (key - lo) >> shift, 0).to(tl.int32) & (NB - 1)
             cnt += tl.histogram(b, NB, mask=inside)
@@ -1018,17 +1049,18 @@ def _scratch_top_p(scratch_row, binmass_row, n, m, inv_t, b_lo, b_hi,
 
 
 @_device
-def _scratch_race(scratch_row, n, anchor, inv_t, kept_lo, seed, off_lo, off_hi,
+def _scratch_race(scratch_row, n, held, anchor, inv_t, kept_lo, seed, off_lo, off_hi,
                   NOISE_TEST: tl.constexpr, BLOCK: tl.constexpr):
-    """The cheap race over the scratch's kept entries (key >= kept_lo), BLOCK at a time,
-    then _settle.  Returns (proved, key, index, logit)."""
+    """The cheap race over the scratch's kept entries (key >= kept_lo), BLOCK (the
+    scratch stage's CHUNK) at a time, then _settle.  Returns (proved, key, index,
+    logit)."""
     lanes = tl.arange(0, BLOCK)
     bias = BIAS_2_32 - anchor * inv_t
     lo32 = _u32(kept_lo)
     ub_v = tl.full([BLOCK], NEG_INF, tl.float32)
     for start in range(0, n, BLOCK):
         pos = start + lanes
-        entry = tl.load(scratch_row + pos, mask=pos < n, other=0)
+        entry = _scratch_entries(scratch_row, start, n, held, BLOCK)
         key = ((entry >> 32) & 0xFFFFFFFF).to(tl.uint32)
         idx = (entry & 0x7FFFFFFF).to(tl.int32)
         kept = (pos < n) & (key >= lo32)
@@ -1143,7 +1175,7 @@ def _race_range(row_ptr, lo, V, seed, off_lo, off_hi, inv_t, LOGPROBS: tl.conste
     offs0, x0 = _load_tile(row_ptr, lo, V, BLOCK, True)
     anchor = tl.max(x0, 0)
     anchor = tl.where(tl.abs(anchor) < FLT_MAX, anchor, 0.0)
-    c2 = tl.maximum(inv_t * LOG2E, 1e-30)             # T = inf: d * 0 is NaN for -inf
+    c2 = _c2(inv_t)
     ub_v, m_v, z_v = _race_pass(row_ptr, lo, V, seed, off_lo, off_hi, inv_t,
                                 BIAS_2_32 - anchor * inv_t, c2, LOGPROBS, NOISE_TEST, BLOCK)
     ub = tl.max(ub_v, 0)
@@ -1749,20 +1781,22 @@ def _after_collect(row_ptr, V, m, inv_t, n, zc, dense, passes, scratch_row, binm
         exact_bins, refine_shift, z_lo, z_hi, key_mp, k, k_on, p, p_on, seed, \
         offset = _unstash(st)
     from_a = tl.where(a_done, theta_k, a_hi + 1)
+    held = _scratch_held(scratch_row, n, CHUNK)
     if ~dense:
-        s_a = _scratch_mass(scratch_row, n, m, inv_t, from_a, KEY_NONE, CHUNK)
-        s_b = _scratch_mass(scratch_row, n, m, inv_t, b_hi + 1, KEY_NONE, CHUNK)
+        s_a = _scratch_mass(scratch_row, n, held, m, inv_t, from_a, KEY_NONE, CHUNK)
+        s_b = _scratch_mass(scratch_row, n, held, m, inv_t, b_hi + 1, KEY_NONE, CHUNK)
     # ---- the exact thresholds, from the scratch
     if ~a_done:
-        theta_k = _scratch_top_k(scratch_row, n, k, a_lo, a_hi, a_above, BIN_BITS, CHUNK)
+        theta_k = _scratch_top_k(scratch_row, n, held, k, a_lo, a_hi, a_above, BIN_BITS,
+                                 CHUNK)
         # the top-k set's mass: above bracket A (s_a) and bracket A's kept keys
-        s_a += _scratch_mass(scratch_row, n, m, inv_t, theta_k, a_hi, CHUNK)
+        s_a += _scratch_mass(scratch_row, n, held, m, inv_t, theta_k, a_hi, CHUNK)
     if ~b_done:
         k_norm = z_exact
         if TOP_K_FIRST:
             k_norm = tl.where(k_on, s_a, z_exact)
-        theta_p = _scratch_top_p(scratch_row, binmass_row, n, m, inv_t, b_lo, b_hi, s_b,
-                                 b_above, p * k_norm,
+        theta_p = _scratch_top_p(scratch_row, binmass_row, n, held, m, inv_t, b_lo, b_hi,
+                                 s_b, b_above, p * k_norm,
                                  tl.maximum(key_mp, tl.where(k_on, theta_k, 0)), BIN_BITS,
                                  CHUNK)
     kept_lo = tl.maximum(tl.maximum(tl.where(k_on, theta_k, 0), tl.where(p_on, theta_p, 0)),
@@ -1784,11 +1818,11 @@ def _after_collect(row_ptr, V, m, inv_t, n, zc, dense, passes, scratch_row, binm
                                                     kept_lo, seed, off_lo, off_hi, False,
                                                     BLOCK)
     else:
-        kept_mass = _scratch_mass(scratch_row, n, m, inv_t, kept_lo, KEY_NONE, CHUNK)
+        kept_mass = _scratch_mass(scratch_row, n, held, m, inv_t, kept_lo, KEY_NONE, CHUNK)
         if not PROBS:
-            proved, key_won, token, x_won = _scratch_race(scratch_row, n, m, inv_t, kept_lo,
-                                                          seed, off_lo, off_hi, NOISE_TEST,
-                                                          CHUNK)
+            proved, key_won, token, x_won = _scratch_race(scratch_row, n, held, m, inv_t,
+                                                          kept_lo, seed, off_lo, off_hi,
+                                                          NOISE_TEST, CHUNK)
     fallbacks = tl.full([], 0, tl.int32)
     if ~proved:  # rare: the bounds prove no winner
         fallbacks += 1
@@ -2007,7 +2041,7 @@ def _split_kernel(
         _row_params(row, V, temp_ptr, temp_val, topk_ptr, topk_val, topp_ptr, topp_val,
                     minp_ptr, minp_val, seed_ptr, seed_val, offset_ptr, offset_val, TEMP_T,
                     TOPK_T, TOPP_T, MINP_T, SEED_T, OFFSET_T, HAS_TOP_K, HAS_TOP_P, HAS_MIN_P)
-    c2 = tl.maximum(inv_t * LOG2E, 1e-30)             # T = inf: d * 0 is NaN for -inf
+    c2 = _c2(inv_t)
 
     if PHASE == 1:
         # ---- this chunk's one read

@@ -386,12 +386,14 @@ def estimate(gpu, B, V, itemsize, passes, registers, warps, block, launch_progra
 # the last program of a row after its chunk (its arrival atomic; reading the chunks'
 # summaries; plain rows: the winners' exact keys and the results; launch 1 of a filtered
 # row: the histogram, the search's scans and its stash; top-p alone's bin masses: the
-# search; the collect: the stash, the scratch's masses, top-k's and top-p's thresholds
-# at about three histogram levels each (top-p's with atomics read back), the race, the
-# token's logit: about 18 for top-k + top-p).
+# search; the collect, for top-k + top-p: the stash 1, the scratch's count and Z 1, the
+# scratch's entries 1 (held in registers when it has at most CHUNK, so that its masses,
+# top-k's histogram levels and the race's cheap keys read no memory), top-p's levels at
+# about three, each with atomics read back 2, the race's exact keys 1, the token's
+# logit 1: 11; 18 while each of those loops read the scratch again).
 LAUNCH_S = 2.0e-6
 MEMSET_S = 1.0e-6
-TAIL_TRIPS = {"race": 4, "first": 8, "bin masses": 8, "collect": 18}
+TAIL_TRIPS = {"race": 4, "first": 8, "bin masses": 8, "collect": 11}
 
 
 def estimate_split(gpu, B, V, itemsize, launches, registers, warps, block, chunks):
