@@ -220,19 +220,26 @@ def check_values(x, temperature, top_k, top_p, min_p):
     makes ``validate=True`` the default only outside capture."""
     if x.is_cuda and torch.cuda.is_current_stream_capturing():
         return
-    def bad(name, t, mask, what):
-        if bool(mask.any()):
-            raise ValueError(f"{name}: rows {_rows_named(mask)} {what}")
+    check_param_values(temperature, top_k, top_p, min_p)
+    raise_bad_rows("logits", torch.isnan(x).any(dim=1), "contain NaN")
+    raise_bad_rows("logits", (x == float("inf")).any(dim=1), "contain +inf")
+    raise_bad_rows("logits", (x == float("-inf")).all(dim=1), "have no finite logit")
 
+
+def raise_bad_rows(name, mask, what):
+    """ValueError naming the rows where the [B] bool ``mask`` holds (a sync)."""
+    if bool(mask.any()):
+        raise ValueError(f"{name}: rows {_rows_named(mask)} {what}")
+
+
+def check_param_values(temperature, top_k, top_p, min_p):
+    """The checks of values inside parameter tensors (each one syncs)."""
     if isinstance(temperature, torch.Tensor):
-        bad("temperature", temperature, torch.isnan(temperature), "are NaN")
-        bad("temperature", temperature, temperature < 0, "are negative")
+        raise_bad_rows("temperature", torch.isnan(temperature), "are NaN")
+        raise_bad_rows("temperature", temperature < 0, "are negative")
     if isinstance(top_p, torch.Tensor):
-        bad("top_p", top_p, torch.isnan(top_p), "are NaN")
-        bad("top_p", top_p, (top_p <= 0) | (top_p > 1), "are outside (0, 1]")
+        raise_bad_rows("top_p", torch.isnan(top_p), "are NaN")
+        raise_bad_rows("top_p", (top_p <= 0) | (top_p > 1), "are outside (0, 1]")
     if isinstance(min_p, torch.Tensor):
-        bad("min_p", min_p, torch.isnan(min_p), "are NaN")
-        bad("min_p", min_p, (min_p < 0) | (min_p > 1), "are outside [0, 1]")
-    bad("logits", x, torch.isnan(x).any(dim=1), "contain NaN")
-    bad("logits", x, (x == float("inf")).any(dim=1), "contain +inf")
-    bad("logits", x, (x == float("-inf")).all(dim=1), "have no finite logit")
+        raise_bad_rows("min_p", torch.isnan(min_p), "are NaN")
+        raise_bad_rows("min_p", (min_p < 0) | (min_p > 1), "are outside [0, 1]")

@@ -16,7 +16,8 @@ import torch
 from . import _args
 
 __all__ = ["sample", "filtered_probs", "probs", "draw", "philox4x32", "noise_words",
-           "gumbel_from_words", "gumbel_noise", "keep_mask", "strictly_above"]
+           "gumbel_from_words", "gumbel_noise", "greedy_and_inv_t", "keep_mask",
+           "strictly_above"]
 
 _M32 = 0xFFFFFFFF
 _PHILOX_ROUND_A = 0xD2511F53
@@ -60,22 +61,25 @@ def _log1p_neg(v: torch.Tensor) -> torch.Tensor:
     return torch.where(w == 1.0, -v, torch.log(w) * (-v) / (w - 1.0))
 
 
-def noise_words(seed: torch.Tensor, offset: torch.Tensor, vocab: int, stream: int):
+def noise_words(seed: torch.Tensor, offset: torch.Tensor, vocab: int, stream: int,
+                start: int = 0):
     """The Philox word of every token of every row, from one of two streams.
 
     Token ``i`` takes word ``i % 4`` of the Philox-4x32-10 call with counter
     ``(i // 4, stream, offset_lo, offset_hi)`` under key ``seed``: one call serves four
     neighbouring tokens.  Stream 0 gives a token's main word, stream 1 its extension word.
-    Returns int64 [B, vocab] in [0, 2^32).
+    Returns int64 [B, vocab] in [0, 2^32): tokens ``start`` to ``start + vocab - 1`` (a
+    shard of a vocabulary split over ranks starts past 0).
     """
     dev = seed.device
-    calls = (vocab + 3) // 4
-    q = torch.arange(calls, device=dev, dtype=torch.int64)[None, :]
+    first, calls = start // 4, (start + vocab + 3) // 4 - start // 4
+    q = torch.arange(first, first + calls, device=dev, dtype=torch.int64)[None, :]
     offset = offset.to(torch.int64)[:, None]
     zeros = torch.zeros_like(q)
     words = philox4x32(seed.to(torch.int64)[:, None], q + zeros, zeros + stream,
                        (offset & _M32) + zeros, ((offset >> 32) & _M32) + zeros)
-    return torch.stack(words, dim=2).reshape(seed.shape[0], 4 * calls)[:, :vocab]
+    skip = start - 4 * first
+    return torch.stack(words, dim=2).reshape(seed.shape[0], 4 * calls)[:, skip:skip + vocab]
 
 
 def gumbel_from_words(w: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
@@ -97,11 +101,12 @@ def gumbel_from_words(w: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     return -torch.log(e)
 
 
-def gumbel_noise(seed: torch.Tensor, offset: torch.Tensor, vocab: int) -> torch.Tensor:
-    """Standard Gumbel noise G[b, i] for token i of row b under (seed, offset), float32:
-    :func:`gumbel_from_words` of the token's two words (:func:`noise_words`)."""
-    return gumbel_from_words(noise_words(seed, offset, vocab, 0),
-                             noise_words(seed, offset, vocab, 1))
+def gumbel_noise(seed: torch.Tensor, offset: torch.Tensor, vocab: int,
+                 start: int = 0) -> torch.Tensor:
+    """Standard Gumbel noise G[b, i] for token start + i of row b under (seed, offset),
+    float32: :func:`gumbel_from_words` of the token's two words (:func:`noise_words`)."""
+    return gumbel_from_words(noise_words(seed, offset, vocab, 0, start),
+                             noise_words(seed, offset, vocab, 1, start))
 
 
 def _sanitize(logits: torch.Tensor):
@@ -141,16 +146,22 @@ def strictly_above(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(q).scatter_(1, idx, before.gather(1, first))
 
 
+def greedy_and_inv_t(temperature, batch: int, device):
+    """([B] bool: greedy rows (T <= 0 or NaN), [B] float32 1/T, 1 for greedy rows)."""
+    t = _args.rows(temperature, batch, torch.float32, device)
+    greedy = ~(t > 0)
+    one = torch.tensor(1.0, device=device)
+    return greedy, torch.where(greedy, 1.0, one / torch.where(greedy, 1.0, t))
+
+
 def keep_mask(logits, temperature=1.0, top_k=None, top_p=None, min_p=None, order="top_k_first"):
     """Boolean [B, V]: the kept set of every row (for a greedy row, its argmax alone), and
     the float32 log-weights d = (x - max) / T the kept tokens are drawn with."""
     B, V = logits.shape
     dev = logits.device
-    t = _args.rows(temperature, B, torch.float32, dev)
     # Out-of-range tensor values (validate=False only): T <= 0 or NaN is greedy, a NaN
     # top_p / min_p is off, top_p <= 0 keeps the most probable tokens, min_p > 1 acts as 1.
-    greedy = ~(t > 0)
-    inv_t = torch.where(greedy, 1.0, torch.tensor(1.0, device=dev) / torch.where(greedy, 1.0, t))
+    greedy, inv_t = greedy_and_inv_t(temperature, B, dev)
     x, m = _sanitize(logits)
     d = _scaled(x, m, inv_t)
     e = torch.exp(d).double()                                      # P up to the normaliser

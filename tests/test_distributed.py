@@ -1,0 +1,181 @@
+"""Vocabulary-sharded sampling (fused_sampler.distributed) on CPU with gloo: every rank
+draws the tokens fused_sampler.sample draws from the whole rows.
+
+One process group per world size (1 to 4, started here with torch.multiprocessing) runs
+every case; each rank checks its own answer against the unsharded reference (the same
+tokens, log-probs to 1e-5, filtered probabilities to float32 rounding).  Shards are uneven,
+one may be empty, and cuts fall inside runs of tied logits.
+"""
+import importlib.util
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import fused_sampler as fs
+from fused_sampler import distributed as fsd
+
+INF = float("inf")
+
+
+def _cuts(V, world, case):
+    """Shard boundaries: uneven, and for some cases with an empty shard."""
+    if world == 1:
+        return [0, V]
+    g = torch.Generator().manual_seed(1000 * world + case)
+    inner = sorted(torch.randint(0, V + 1, (world - 1,), generator=g).tolist())
+    if case % 3 == 0:                          # an empty shard: two equal cuts
+        inner[0] = inner[-1] if world > 2 else 0
+        inner.sort()
+    return [0, *inner, V]
+
+
+def _logits(case):
+    """[B, V] logits of case ``case``: LLM-like rows, ties, odd values."""
+    g = torch.Generator().manual_seed(case)
+    B, V = 6, 37 + case % 5
+    x = torch.randn(B, V, generator=g) * 2.0
+    x[0, 10:20] = 1.5                          # a run of ties that shards cut through
+    x[1, ::3] = float("-inf")
+    x[2, : V // 2] = float("-inf")             # a shard of -inf for most cuts
+    x[3, 5] = 9.0
+    x[3, 25] = 9.0                             # tied maxima, apart
+    x[4] = x[4].round()                        # many ties
+    return x
+
+
+CASES = [
+    dict(temperature=0.7),
+    dict(temperature=torch.tensor([0.0, 1.0, 0.5, 0.0, 2.0, 1.0])),     # greedy rows mixed
+    dict(top_k=5),
+    dict(top_k=torch.tensor([1, 3, 0, 7, 40, 2])),
+    dict(top_p=0.8),
+    dict(top_p=torch.tensor([0.3, 0.9, 1.0, 0.5, 0.99, 0.05]), temperature=1.5),
+    dict(min_p=0.1),
+    dict(temperature=0.7, top_k=8, top_p=0.9),
+    dict(temperature=0.7, top_k=8, top_p=0.9, order="joint"),
+    dict(temperature=1.2, top_k=torch.tensor([3, 0, 5, 2, 9, 1]), top_p=0.7, min_p=0.02),
+    dict(temperature=float("inf"), top_k=10),
+]
+
+
+def _check_case(rank, world, case, params):
+    x = _logits(case)
+    B, V = x.shape
+    cuts = _cuts(V, world, case)
+    local = x[:, cuts[rank]:cuts[rank + 1]]
+    seeds = torch.arange(B) * 7 + case
+    kw = dict(vocab_start=cuts[rank], vocab_size=V, **params)
+    tokens, logprobs = fsd.sample(local, seed=seeds, offset=case, return_logprobs=True,
+                                  validate=False, **kw)
+    ref_tokens, ref_logprobs = fs.reference.sample(x, seed=seeds, offset=case,
+                                                   return_logprobs=True, validate=False,
+                                                   **params)
+    where = f"case {case} {params} world {world} rank {rank} cuts {cuts}"
+    assert torch.equal(tokens, ref_tokens), f"{where}: {tokens} != {ref_tokens}"
+    torch.testing.assert_close(logprobs, ref_logprobs, rtol=1e-5, atol=1e-5, msg=where)
+    finite = x.clone()
+    finite[torch.isinf(finite).all(dim=1)] = 0.0
+    probs = fsd.filtered_probs(finite[:, cuts[rank]:cuts[rank + 1]], **kw)
+    ref = fs.reference.filtered_probs(finite, **params)[:, cuts[rank]:cuts[rank + 1]]
+    torch.testing.assert_close(probs, ref, rtol=1e-6, atol=1e-12, msg=where)
+
+
+def _odd_rows(rank, world):
+    """NaN, +inf and all -inf rows with validate=False; validate=True raises the same
+    error on every rank (the check is global); seed=None draws the first rank's seeds."""
+    x = torch.randn(4, 30, generator=torch.Generator().manual_seed(5))
+    x[0, 3] = float("nan")
+    x[1, 17] = INF
+    x[1, 29] = INF
+    x[2] = float("-inf")
+    cuts = _cuts(30, world, 1)
+    local = x[:, cuts[rank]:cuts[rank + 1]]
+    kw = dict(vocab_start=cuts[rank], vocab_size=30, temperature=0.8, top_p=0.9)
+    for params in (dict(temperature=0.8, top_p=0.9), dict(temperature=0.8)):
+        tokens, logprobs = fsd.sample(local, vocab_start=cuts[rank], vocab_size=30, seed=11,
+                                      validate=False, return_logprobs=True, **params)
+        ref_tokens, ref_logprobs = fs.reference.sample(x, seed=11, validate=False,
+                                                       return_logprobs=True, **params)
+        assert torch.equal(tokens, ref_tokens), (params, tokens, ref_tokens)
+        torch.testing.assert_close(logprobs, ref_logprobs, rtol=1e-5, atol=1e-5)
+    for bad, what in ((0, "contain NaN"), (1, "contain \\+inf"), (2, "no finite logit")):
+        for params in (kw, dict(kw, top_p=None)):       # filtered and plain calls
+            with pytest.raises(ValueError, match=what):
+                fsd.sample(local[bad:bad + 1], **params)
+    torch.manual_seed(100 + rank)              # different generators: rank 0's seeds win
+    t1 = fsd.sample(local[3:], validate=False, **kw)
+    every = [torch.empty_like(t1) for _ in range(world)]
+    dist.all_gather(every, t1)
+    assert all(torch.equal(t, t1) for t in every)
+
+
+def _worker(rank, world, init_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
+    try:
+        for case, params in enumerate(CASES):
+            _check_case(rank, world, case, params)
+        _odd_rows(rank, world)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_every_rank_draws_the_unsharded_token(world):
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file = os.path.join(tmp, "init")
+        if world == 1:
+            _worker(0, 1, init_file)
+        else:
+            mp.start_processes(_worker, args=(world, init_file), nprocs=world, join=True,
+                               start_method="spawn")
+
+
+def test_bad_shards_are_refused_before_any_collective():
+    x = torch.zeros(2, 5)
+    with pytest.raises(ValueError, match="does not lie in a vocabulary"):
+        fsd.sample(x, vocab_start=8, vocab_size=10)
+    with pytest.raises(TypeError, match="vocab_start"):
+        fsd.sample(x, vocab_start=1.0, vocab_size=10)
+
+
+@pytest.mark.parametrize("params", [dict(), dict(top_k=3), dict(top_p=0.9), dict(min_p=0.1),
+                                    dict(top_k=3, top_p=0.9),
+                                    dict(top_k=3, top_p=0.9, order="joint")],
+                         ids=["plain", "top_k", "top_p", "min_p", "top_k_top_p", "joint"])
+@pytest.mark.parametrize("seed_given", [True, False], ids=["seed", "generator"])
+def test_the_model_counts_the_collectives_sample_makes(monkeypatch, tmp_path, params,
+                                                       seed_given):
+    """scripts/tp_model.py's collectives, in order, with their payloads, are those of a
+    real call (world size 1, every collective recorded)."""
+    spec = importlib.util.spec_from_file_location(
+        "tp_model", Path(__file__).resolve().parent.parent / "scripts" / "tp_model.py")
+    tp_model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tp_model)
+    made = []
+    for op in ("all_reduce", "all_gather", "broadcast"):
+        real_op = getattr(dist, op)
+
+        def record(t, *args, _op=op, _real=real_op, **kwargs):
+            payload = (args[0] if _op == "all_gather" else t).numel() * \
+                (args[0] if _op == "all_gather" else t).element_size()
+            made.append((_op, payload))
+            return _real(t, *args, **kwargs)
+        monkeypatch.setattr(fsd.dist, op, record)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0,
+                            world_size=1)
+    try:
+        B = 3
+        fsd.sample(torch.randn(B, 20), vocab_start=0, vocab_size=20,
+                   seed=1 if seed_given else None, **params)
+    finally:
+        dist.destroy_process_group()
+    assert made == tp_model.collectives(B, top_k="top_k" in params, top_p="top_p" in params,
+                                        min_p="min_p" in params,
+                                        order=params.get("order", "top_k_first"),
+                                        seed_given=seed_given)
