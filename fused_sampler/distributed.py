@@ -5,7 +5,9 @@ Under tensor parallelism each of W ranks holds ``logits[:, vocab_start:vocab_sta
 :func:`sample` draws, on every rank, exactly the token :func:`fused_sampler.sample` draws
 from the whole row, exchanging per row only small, exact summaries, in a number of
 collectives fixed by the call's arguments (never by the data).  A call without filters
-makes one all-gather (:func:`_plain`); a filtered call:
+makes one all-gather (:func:`_plain`), and so does one with a scalar ``top_k`` up to
+CANDIDATES_MAX, with or without top-p under "top_k_first" and min-p
+(:func:`_candidates`); any other filtered call:
 
 1. all-reduce (max) of each shard's max and NaN / +inf flags: the row max, the contract's
    odd rows (``validate``), min-p's threshold;
@@ -35,7 +37,7 @@ import torch
 import torch.distributed as dist
 
 from . import _args
-from .reference import greedy_and_inv_t, gumbel_noise
+from .reference import greedy_and_inv_t, gumbel_noise, strictly_above
 
 __all__ = ["sample", "filtered_probs", "RADIX_BITS", "LEVELS"]
 
@@ -95,6 +97,13 @@ def _local(a, real):
     raw = a.logits.float()
     x = torch.where(torch.isnan(raw) | ~real, float("-inf"), raw)
     return greedy, inv_t, raw, torch.where(x == 0, 0.0, x)
+
+
+def _terms(x, m, inv_t):
+    """The kernel's exact masses (_term): float32 2^((x - m) log2(e) / T) in fixed point,
+    int64 units of 2^-40 of the max's weight; 0 for -inf."""
+    c2 = torch.clamp_min(inv_t * _LOG2E, _C2_FLOOR)[:, None]
+    return (torch.exp2((x - m) * c2) * _FIX).to(torch.int64)
 
 
 def _keys(x):
@@ -193,9 +202,7 @@ def _kept(a, real, vocab_size, group, validate):
         p = _args.rows(a.top_p, B, torch.float64, dev)
         p_on = p < 1.0
         p = p.clamp_min(1e-30)
-        # the kernel's exact masses: float32 2^((x - m) log2(e) / T), fixed point
-        c2 = torch.clamp_min(inv_t * _LOG2E, _C2_FLOOR)[:, None]
-        mass = (torch.exp2((x_s - m) * c2) * _FIX).to(torch.int64)
+        mass = _terms(x_s, m, inv_t)
     joint = a.order == "joint"
     if k is not None and (mass is None or not joint):
         theta_k, _ = _radix_levels(keys, real, k, None, None, group)
@@ -224,67 +231,176 @@ def _greedy_index(x, m_raw, real, vocab_start):
 
 
 def _plain(a, real, n, vocab_start, group, validate):
-    """(tokens, logprobs) of a call without filters, in one all-gather: each rank sends
-    its shard's max and odd-value flags, its race winner for each way the whole row may
-    turn out (finite max: the winner under the shard's own max as anchor, with its logit
-    and noise, so that every rank recomputes its key under the row's max; a row holding
-    +inf: the best noise among the shard's +inf tokens; no finite logit: the best noise
-    of all), its normaliser relative to its max, and the lowest index of its max."""
-    logits = a.logits
-    B = a.batch
+    """(tokens, logprobs) of a call without filters, in one all-gather: besides the
+    shared columns (_exchange), each rank sends its race winner among its finite tokens
+    under its own max as the anchor, with the winner's logit and noise, so that every rank
+    recomputes the key under the row's max, and its normaliser relative to its max."""
     greedy, inv_t, raw, x = _local(a, real)
-    m_r = x.amax(dim=1, keepdim=True)
     g = gumbel_noise(a.seeds, a.offsets, max(n, 1), vocab_start).double()
-
-    def best(key):                                            # (key, global index)
-        k = key.amax(dim=1)
-        return k, torch.where(k > float("-inf"), torch.argmax(key, dim=1).double() +
-                              vocab_start, _NO_INDEX)
     finite = (x > float("-inf")) & (x < float("inf"))
     anchor = torch.where(finite, x, float("-inf")).amax(dim=1, keepdim=True)
-    key_a, idx_a = best(torch.where(finite, (x.double() - anchor.double()) *
-                                    inv_t.double()[:, None] + g, float("-inf")))
-    local = (idx_a - vocab_start).clamp(0, max(n - 1, 0)).long()[:, None]
-    x_a, g_a = x.gather(1, local)[:, 0].double(), g.gather(1, local)[:, 0]
-    key_b, idx_b = best(torch.where(x == float("inf"), g, float("-inf")))
-    key_c, idx_c = best(torch.where(real, g, float("-inf")))
+    key = torch.where(finite, (x.double() - anchor.double()) * inv_t.double()[:, None] + g,
+                      float("-inf"))
+    won = key.amax(dim=1) > float("-inf")
+    local = torch.argmax(key, dim=1)[:, None]
     z = torch.where(finite, torch.exp((x - anchor) * inv_t[:, None]).double(), 0.0).sum(dim=1)
-    mine = torch.stack([m_r[:, 0].double(), (torch.isnan(raw) & real).any(dim=1).double(),
-                        anchor[:, 0].double(), idx_a, x_a, g_a, key_b, idx_b, key_c, idx_c,
-                        z, _greedy_index(x, m_r, real, vocab_start),
-                        (x == float("inf")).sum(dim=1).double(),
-                        real.sum(dim=1).double().expand(B)], dim=1)
+    own = torch.stack([anchor[:, 0].double(),
+                       torch.where(won, local[:, 0].double() + vocab_start, _NO_INDEX),
+                       x.gather(1, local)[:, 0].double(), g.gather(1, local)[:, 0], z], dim=1)
+    e, m_raw, shared = _exchange(a, x, raw, g, real, vocab_start, own, group, validate)
+    # finite max: the shards' winners' keys under the row's max, ties to the lowest index
+    m = e[:, :, 0].amax(dim=0)
+    key = torch.where(e[:, :, 1] < _NO_INDEX,
+                      (e[:, :, 2] - m.double()) * inv_t.double() + e[:, :, 3], float("-inf"))
+    token = torch.where(key == key.amax(dim=0), e[:, :, 1], _NO_INDEX).amin(dim=0)
+    # log-probs: the winner's d over the normaliser, each shard's rescaled to the row max
+    scale = torch.exp((e[:, :, 0].float() - m.float()) * inv_t).double()
+    total = torch.where(e[:, :, 4] > 0, e[:, :, 4] * scale, 0.0).sum(dim=0)
+    x_tok = torch.where(e[:, :, 1] == token, e[:, :, 2], float("-inf")).amax(dim=0)
+    logp = ((x_tok.float() - m.float()) * inv_t).double() - torch.log(total)
+    return _finish_rows(token, logp, greedy, m_raw, shared)
+
+
+_SHARED = 9      # the columns _exchange puts before each call's own
+
+
+def _exchange(a, x, raw, g, real, vocab_start, own, group, validate):
+    """The one all-gather of a plain or candidates call: every rank's [B, _SHARED]
+    shared columns (its max, NaN flag, lowest index of its max, and its share of the rows
+    the contract makes uniform whatever the filters: the best noise among its +inf tokens
+    and of all its tokens, with their indices, its +inf count and its token count), then
+    ``own`` [B, *] float64.  Raises on every rank when ``validate`` finds NaN, +inf or no
+    finite logit in a row.  Returns (own columns [W, B, *], row max [B], shared
+    columns [W, B, _SHARED]), in rank order on every rank."""
+    def best(key):                                            # (key, global index)
+        k = key.amax(dim=1)
+        return [k, torch.where(k > float("-inf"), torch.argmax(key, dim=1).double() +
+                               vocab_start, _NO_INDEX)]
+    m_r = x.amax(dim=1, keepdim=True)
+    shared = [m_r[:, 0].double(), (torch.isnan(raw) & real).any(dim=1).double(),
+              _greedy_index(x, m_r, real, vocab_start),
+              *best(torch.where(x == float("inf"), g, float("-inf"))),
+              *best(torch.where(real, g, float("-inf"))),
+              (x == float("inf")).sum(dim=1).double(),
+              real.sum(dim=1).double().expand(x.shape[0])]
+    mine = torch.cat([torch.stack(shared, dim=1), own], dim=1)
     every = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
     dist.all_gather(every, mine, group=group)
-    e = torch.stack(every)                                    # [W, B, 14], rank order
+    e = torch.stack(every)
     m_raw = e[:, :, 0].amax(dim=0)
-    if validate and not (logits.is_cuda and torch.cuda.is_current_stream_capturing()):
+    if validate and not (a.logits.is_cuda and torch.cuda.is_current_stream_capturing()):
         _args.raise_bad_rows("logits", e[:, :, 1].amax(dim=0) > 0, "contain NaN")
         _args.raise_bad_rows("logits", m_raw == float("inf"), "contain +inf")
         _args.raise_bad_rows("logits", m_raw == float("-inf"), "have no finite logit")
-    # finite max: the shards' winners' keys under the row's max, ties to the lowest index
-    m = e[:, :, 2].amax(dim=0)
-    key = torch.where(e[:, :, 3] < _NO_INDEX,
-                      (e[:, :, 4] - m.double()) * inv_t.double() + e[:, :, 5], float("-inf"))
+    return e[:, :, _SHARED:], m_raw, e[:, :, :_SHARED]
 
+
+def _finish_rows(tokens, logp, greedy, m_raw, shared):
+    """The tokens and log-probs [B] of a finite row, with the rows the shared columns
+    settle: a row holding +inf draws among its +inf tokens and one with no finite logit
+    among all V (uniform whatever the filters: the best noise, ties to the lowest index);
+    a greedy row takes the lowest index of the row max."""
     def winner(k, idx):
-        top = k.amax(dim=0)
-        return torch.where(k == top, idx, _NO_INDEX).amin(dim=0)
-    token = winner(key, e[:, :, 3])
-    token = torch.where(m_raw == float("inf"), winner(e[:, :, 6], e[:, :, 7]), token)
-    token = torch.where(m_raw == float("-inf"), winner(e[:, :, 8], e[:, :, 9]), token)
-    # log-probs: the winner's d over the normaliser, each shard's rescaled to the row max
-    scale = torch.exp((e[:, :, 2].float() - m.float()) * inv_t).double()
-    total = torch.where(e[:, :, 10] > 0, e[:, :, 10] * scale, 0.0).sum(dim=0)
-    x_tok = torch.where(e[:, :, 3] == token, e[:, :, 4], float("-inf")).amax(dim=0)
-    logp = ((x_tok.float() - m.float()) * inv_t).double() - torch.log(total)
-    # uniform rows: over the +inf tokens, or over all V when no logit is finite
-    logp = torch.where(m_raw == float("inf"), -torch.log(e[:, :, 12].sum(dim=0)), logp)
-    logp = torch.where(m_raw == float("-inf"), -torch.log(e[:, :, 13].sum(dim=0)), logp)
-    # greedy: the lowest index of the row max, among the shards that hold it
-    argmax = torch.where(e[:, :, 0] == m_raw, e[:, :, 11], _NO_INDEX).amin(dim=0)
-    tokens = torch.where(greedy, argmax, token).to(torch.int64)
+        return torch.where(k == k.amax(dim=0), idx, _NO_INDEX).amin(dim=0)
+    pinf, none = m_raw == float("inf"), m_raw == float("-inf")
+    tokens = torch.where(pinf, winner(shared[:, :, 3], shared[:, :, 4]), tokens)
+    tokens = torch.where(none, winner(shared[:, :, 5], shared[:, :, 6]), tokens)
+    logp = torch.where(pinf, -torch.log(shared[:, :, 7].sum(dim=0)), logp)
+    logp = torch.where(none, -torch.log(shared[:, :, 8].sum(dim=0)), logp)
+    argmax = torch.where(shared[:, :, 0] == m_raw, shared[:, :, 2], _NO_INDEX).amin(dim=0)
+    tokens = torch.where(greedy, argmax, tokens).to(torch.int64)
     return tokens, torch.where(greedy, 0.0, logp).float()
+
+
+CANDIDATES_MAX = 1024
+"""A scalar ``top_k`` up to this (order "top_k_first") settles in one all-gather of each
+shard's top-k candidates; larger or per-row ``top_k`` takes the radix levels."""
+
+
+def _by_candidates(a, vocab_size):
+    return (isinstance(a.top_k, int) and 0 < a.top_k <= CANDIDATES_MAX
+            and a.top_k < vocab_size and (a.top_p is None or a.order == "top_k_first"))
+
+
+def _candidates(a, real, n, vocab_start, group, validate):
+    """(tokens, logprobs) of a call with a scalar top-k (CANDIDATES_MAX at most; top-p
+    under "top_k_first" and min-p allowed) in one all-gather.
+
+    Every token the row keeps is among some shard's k largest, or ties with that shard's
+    k-th largest c_r: a shard whose c_r is the row's k-th largest sends, besides its k
+    candidates (logit, global index, noise), the count of its tokens tied at c_r past
+    them and the best noise among those (they share one logit, so one weight and one
+    key but for the noise).  From that every rank computes the row's thresholds, masses
+    (exact fixed point), race and normaliser, exactly as the reference does for the
+    whole row.  Rows with +inf or no finite logit are uniform over their +inf tokens or
+    all tokens whatever the filters (_finish_rows)."""
+    k, B, dev = a.top_k, a.batch, a.logits.device
+    greedy, inv_t, raw, x = _local(a, real)
+    g = gumbel_noise(a.seeds, a.offsets, max(n, 1), vocab_start)
+    kk = min(k, x.shape[1])
+    top_x, top_i = torch.topk(x, kk, dim=1)
+    ok = real.expand(B, -1).gather(1, top_i)
+    c_x = torch.where(ok, top_x, float("-inf"))
+    c_idx = torch.where(ok, top_i.double() + vocab_start, _NO_INDEX)
+    c_g = g.gather(1, top_i).double()
+    kth = c_x[:, -1] if kk == k else torch.full((B,), float("-inf"), device=dev)
+    chosen = torch.zeros_like(real.expand(B, -1)).scatter_(1, top_i, True)
+    tied = real & ~chosen & (x == kth[:, None]) & (kth[:, None] > float("-inf"))
+    tied_g = torch.where(tied, g.double(), float("-inf"))
+    tied_best = tied_g.amax(dim=1)
+    pos = torch.arange(x.shape[1], device=dev, dtype=torch.float64)[None, :] + vocab_start
+    tied_idx = torch.where(tied & (tied_g == tied_best[:, None]), pos, _NO_INDEX).amin(dim=1)
+    pad = [torch.full((B, k - kk), v, device=dev, dtype=torch.float64)
+           for v in (float("-inf"), _NO_INDEX, 0.0)]
+    own = torch.cat([c_x.double(), pad[0], c_idx, pad[1], c_g, pad[2],
+                     torch.stack([kth.double(), tied.sum(dim=1).double(), tied_best,
+                                  tied_idx], dim=1)], dim=1)
+    e, m_raw, shared = _exchange(a, x, raw, g.double(), real, vocab_start, own, group,
+                                 validate)
+    W = e.shape[0]
+    cand = e[:, :, :3 * k].reshape(W, B, 3, k).permute(1, 2, 0, 3).reshape(B, 3, W * k)
+    X, I, G = cand[:, 0].float(), cand[:, 1], cand[:, 2]
+    ex = e[:, :, 3 * k:]                                      # [W, B, 4]: the ties
+    finite = (m_raw > float("-inf")) & (m_raw < float("inf"))
+    m = torch.where(finite, m_raw, 0.0).float()[:, None]
+    # the shards' ties past their candidates: [B, W] count, noise, index at logit kth_r
+    kth_r, n_tied = ex[:, :, 0].T.float(), ex[:, :, 1].T
+    theta_k = torch.topk(X, k, dim=1).values[:, -1:]              # the row's k-th largest
+    keep = (I < _NO_INDEX) & (X >= theta_k)
+    tied_on = (n_tied > 0) & (kth_r == theta_k)
+    d = torch.where(X == float("-inf"), float("-inf"), (X - m) * inv_t[:, None])
+    d_tied = (theta_k - m) * inv_t[:, None]                        # [B, 1]
+    if a.top_p is not None:
+        p = _args.rows(a.top_p, B, torch.float64, dev)
+        p_on = p < 1.0
+        q = torch.where(keep, _terms(X, m, inv_t), 0)
+        q_tied = torch.where(tied_on, n_tied.long() * _terms(theta_k, m, inv_t), 0)
+        pk = p.clamp_min(1e-30) * (q.sum(dim=1) + q_tied.sum(dim=1)).double()
+        passes = keep & (strictly_above(X, q).double() < pk[:, None])
+        theta_p = torch.where(passes, X, float("inf")).amin(dim=1, keepdim=True)
+        keep &= ~p_on[:, None] | (X >= theta_p)
+        tied_on &= ~p_on[:, None] | (theta_k >= theta_p)
+    if a.min_p is not None:
+        mp = _args.rows(a.min_p, B, torch.float32, dev)
+        mp_on = mp > 0
+        log_mp = torch.log(torch.where(mp_on, mp.clamp_max(1.0), 1.0))[:, None]
+        keep &= ~mp_on[:, None] | (d >= log_mp)
+        tied_on &= ~mp_on[:, None] | (d_tied >= log_mp)
+    # the race over the kept candidates and the shards' best tied tokens
+    base = (X.double() - m.double()) * inv_t.double()[:, None]
+    key = torch.where(keep & (X > float("-inf")), base + G, float("-inf"))
+    t_key = torch.where(tied_on & (theta_k > float("-inf")),
+                        (theta_k.double() - m.double()) * inv_t.double()[:, None] +
+                        ex[:, :, 2].T, float("-inf"))
+    keys, idx = torch.cat([key, t_key], dim=1), torch.cat([I, ex[:, :, 3].T], dim=1)
+    best = keys.amax(dim=1, keepdim=True)
+    token = torch.where(keys == best, idx, _NO_INDEX).amin(dim=1)
+    d_all = torch.cat([d, d_tied.expand(B, W)], dim=1)
+    d_tok = torch.where((keys == best) & (idx == token[:, None]), d_all.double(),
+                        float("-inf")).amax(dim=1)
+    w = torch.where(keep, torch.exp(d).double(), 0.0).sum(dim=1) + \
+        torch.where(tied_on, n_tied * torch.exp(d_tied).double(), 0.0).sum(dim=1)
+    return _finish_rows(token, d_tok - torch.log(w), greedy, m_raw, shared)
 
 
 def sample(local_logits, *, vocab_start, vocab_size, group=None, temperature=1.0, top_k=None,
@@ -330,6 +446,9 @@ def sample(local_logits, *, vocab_start, vocab_size, group=None, temperature=1.0
         return a.empty_tokens(return_logprobs)
     if a.top_k is None and a.top_p is None and a.min_p is None:
         return a.finish(*_plain(a, real, n, vocab_start, group, validate), return_logprobs)
+    if _by_candidates(a, vocab_size):
+        return a.finish(*_candidates(a, real, n, vocab_start, group, validate),
+                        return_logprobs)
     keep, d, greedy, x_s, m, inv_t, m_raw, x = _kept(a, real, vocab_size, group, validate)
     # 4. this shard's race winner (the reference's float64 key, noise by global index)
     g = gumbel_noise(a.seeds, a.offsets, max(n, 1), vocab_start).double()

@@ -19,7 +19,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from fused_sampler.distributed import LEVELS, RADIX_BITS  # noqa: E402
+from fused_sampler.distributed import (CANDIDATES_MAX, LEVELS, RADIX_BITS,  # noqa: E402
+                                      _SHARED as SHARED)
 
 LINK_GBPS = 450.0        # NVLink, one direction, per H100 (NVLink 4: 900 GB/s both ways)
 LATENCY_US = 10.0        # one small NCCL collective, launch to completion (assumed)
@@ -28,15 +29,25 @@ ITEMSIZE = {"float32": 4, "bfloat16": 2}
 BINS = 1 << RADIX_BITS
 
 
+def by_candidates(top_k, top_p, order):
+    """Whether the call takes the one all-gather of each shard's top-k candidates: a
+    scalar ``top_k`` (an int; True stands for a per-row tensor) up to CANDIDATES_MAX."""
+    return (not isinstance(top_k, bool) and isinstance(top_k, int)
+            and 0 < top_k <= CANDIDATES_MAX and (not top_p or order == "top_k_first"))
+
+
 def collectives(B, top_k=False, top_p=False, min_p=False, order="top_k_first",
                 seed_given=True):
     """[(op, payload bytes)] of one sample call, in order: op is "all_reduce",
-    "all_gather" (payload: one rank's part) or "broadcast"."""
+    "all_gather" (payload: one rank's part) or "broadcast".  ``top_k``: False, an int
+    (a scalar top-k) or True (a per-row tensor)."""
     out = []
     if not seed_given:
         out.append(("broadcast", 8 * B))
     if not (top_k or top_p or min_p):                        # plain: one exchange
-        return out + [("all_gather", 8 * 14 * B)]            # maxima, winners, normaliser
+        return out + [("all_gather", 8 * (SHARED + 5) * B)]  # maxima, winners, normaliser
+    if by_candidates(top_k, top_p, order):                   # k candidates and their ties
+        return out + [("all_gather", 8 * (SHARED + 3 * top_k + 4) * B)]
     out.append(("all_reduce", 4 * 3 * B))                    # max and the odd-row flags
     joint = order == "joint"
     if top_k and not (top_p and joint):
@@ -64,7 +75,7 @@ def local_reads(top_k=False, top_p=False, min_p=False, order="top_k_first"):
     operations that run them today read and write several times more): plain, one (the
     race); filtered, the max, each radix level (top-k and top-p: LEVELS each, shared
     under order "joint") and the race."""
-    if not (top_k or top_p or min_p):
+    if not (top_k or top_p or min_p) or by_candidates(top_k, top_p, order):
         return 1
     return 2 + (LEVELS if top_k and not (top_p and order == "joint") else 0) + \
         (LEVELS if top_p else 0)
@@ -89,10 +100,12 @@ def gathered(B, V, W, dtype):
 
 CALLS = {
     "plain": {},
-    "top_k": dict(top_k=True),
+    "top_k 50": dict(top_k=50),
+    "top_k 50 + top_p": dict(top_k=50, top_p=True),
+    "top_k [B] + top_p": dict(top_k=True, top_p=True),
+    "top_k [B] + top_p joint": dict(top_k=True, top_p=True, order="joint"),
     "top_p": dict(top_p=True),
-    "top_k_top_p": dict(top_k=True, top_p=True),
-    "top_k_top_p joint": dict(top_k=True, top_p=True, order="joint"),
+    "min_p": dict(min_p=True),
 }
 
 

@@ -60,6 +60,11 @@ CASES = [
     dict(temperature=0.7, top_k=8, top_p=0.9, order="joint"),
     dict(temperature=1.2, top_k=torch.tensor([3, 0, 5, 2, 9, 1]), top_p=0.7, min_p=0.02),
     dict(temperature=float("inf"), top_k=10),
+    # scalar top-k: one all-gather of each shard's candidates; ties past them (row 4)
+    dict(top_k=2, top_p=0.6, temperature=torch.tensor([1.0, 0.0, 0.5, 1.0, 3.0, 1.0])),
+    dict(top_k=4, min_p=0.2),
+    dict(top_k=1),
+    dict(top_k=30, top_p=0.95, temperature=2.0),
 ]
 
 
@@ -96,7 +101,8 @@ def _odd_rows(rank, world):
     cuts = _cuts(30, world, 1)
     local = x[:, cuts[rank]:cuts[rank + 1]]
     kw = dict(vocab_start=cuts[rank], vocab_size=30, temperature=0.8, top_p=0.9)
-    for params in (dict(temperature=0.8, top_p=0.9), dict(temperature=0.8)):
+    for params in (dict(temperature=0.8, top_p=0.9), dict(temperature=0.8),
+                   dict(temperature=0.8, top_k=3, top_p=0.9)):
         tokens, logprobs = fsd.sample(local, vocab_start=cuts[rank], vocab_size=30, seed=11,
                                       validate=False, return_logprobs=True, **params)
         ref_tokens, ref_logprobs = fs.reference.sample(x, seed=11, validate=False,
@@ -104,7 +110,7 @@ def _odd_rows(rank, world):
         assert torch.equal(tokens, ref_tokens), (params, tokens, ref_tokens)
         torch.testing.assert_close(logprobs, ref_logprobs, rtol=1e-5, atol=1e-5)
     for bad, what in ((0, "contain NaN"), (1, "contain \\+inf"), (2, "no finite logit")):
-        for params in (kw, dict(kw, top_p=None)):       # filtered and plain calls
+        for params in (kw, dict(kw, top_p=None), dict(kw, top_k=2)):   # each path
             with pytest.raises(ValueError, match=what):
                 fsd.sample(local[bad:bad + 1], **params)
     torch.manual_seed(100 + rank)              # different generators: rank 0's seeds win
@@ -146,8 +152,10 @@ def test_bad_shards_are_refused_before_any_collective():
 
 @pytest.mark.parametrize("params", [dict(), dict(top_k=3), dict(top_p=0.9), dict(min_p=0.1),
                                     dict(top_k=3, top_p=0.9),
-                                    dict(top_k=3, top_p=0.9, order="joint")],
-                         ids=["plain", "top_k", "top_p", "min_p", "top_k_top_p", "joint"])
+                                    dict(top_k=3, top_p=0.9, order="joint"),
+                                    dict(top_k=True, top_p=0.9)],
+                         ids=["plain", "top_k", "top_p", "min_p", "top_k_top_p", "joint",
+                              "top_k_rows"])
 @pytest.mark.parametrize("seed_given", [True, False], ids=["seed", "generator"])
 def test_the_model_counts_the_collectives_sample_makes(monkeypatch, tmp_path, params,
                                                        seed_given):
@@ -171,11 +179,15 @@ def test_the_model_counts_the_collectives_sample_makes(monkeypatch, tmp_path, pa
                             world_size=1)
     try:
         B = 3
+        call = dict(params)
+        if call.get("top_k") is True:                      # a per-row tensor
+            call["top_k"] = torch.tensor([3, 0, 25])
         fsd.sample(torch.randn(B, 20), vocab_start=0, vocab_size=20,
-                   seed=1 if seed_given else None, **params)
+                   seed=1 if seed_given else None, **call)
     finally:
         dist.destroy_process_group()
-    assert made == tp_model.collectives(B, top_k="top_k" in params, top_p="top_p" in params,
+    assert made == tp_model.collectives(B, top_k=params.get("top_k", False),
+                                        top_p="top_p" in params,
                                         min_p="min_p" in params,
                                         order=params.get("order", "top_k_first"),
                                         seed_given=seed_given)
