@@ -200,8 +200,8 @@ def _kept(a, real, vocab_size, group, validate):
     mass = None
     if a.top_p is not None:
         p = _args.rows(a.top_p, B, torch.float64, dev)
-        p_on = p < 1.0
-        p = p.clamp_min(1e-30)
+        p_on = p < 1.0                                        # NaN: off, as the reference
+        p = torch.where(p_on, p, 1.0).clamp_min(1e-30)        # (levels need a finite p K)
         mass = _terms(x_s, m, inv_t)
     joint = a.order == "joint"
     if k is not None and (mass is None or not joint):

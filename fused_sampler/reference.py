@@ -150,8 +150,8 @@ def greedy_and_inv_t(temperature, batch: int, device):
     """([B] bool: greedy rows (T <= 0 or NaN), [B] float32 1/T, 1 for greedy rows)."""
     t = _args.rows(temperature, batch, torch.float32, device)
     greedy = ~(t > 0)
-    one = torch.tensor(1.0, device=device)
-    return greedy, torch.where(greedy, 1.0, one / torch.where(greedy, 1.0, t))
+    # 1.0 / t is torch.reciprocal, correctly rounded; no host scalar copied to the device
+    return greedy, torch.where(greedy, 1.0, 1.0 / torch.where(greedy, 1.0, t))
 
 
 def keep_mask(logits, temperature=1.0, top_k=None, top_p=None, min_p=None, order="top_k_first"):

@@ -9,14 +9,18 @@ one may be empty, and cuts fall inside runs of tied logits.
 import importlib.util
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import fused_sampler as fs
+import test_fuzz
 from fused_sampler import distributed as fsd
 
 INF = float("inf")
@@ -191,3 +195,102 @@ def test_the_model_counts_the_collectives_sample_makes(monkeypatch, tmp_path, pa
                                         min_p="min_p" in params,
                                         order=params.get("order", "top_k_first"),
                                         seed_given=seed_given)
+
+
+# ---- fuzzing: W ranks as threads of one process, with the collectives in shared memory
+class _Threads:
+    """Stands in for torch.distributed inside fused_sampler.distributed: W ranks as
+    threads, each collective a swap through shared slots between two barriers (sums and
+    gathers in rank order, as the ring reduces integers and concatenates)."""
+    ReduceOp = dist.ReduceOp
+
+    def __init__(self, world):
+        self.world = world
+        self.barrier = threading.Barrier(world, timeout=120)
+        self.slots = [None] * world
+        self.me = threading.local()
+
+    def get_world_size(self, group=None):
+        return self.world
+
+    def get_global_rank(self, group, rank):
+        return rank
+
+    def _swap(self, t):
+        self.slots[self.me.rank] = t.clone()
+        self.barrier.wait()
+        parts = list(self.slots)
+        self.barrier.wait()
+        return parts
+
+    def all_gather(self, out, t, group=None):
+        for o, part in zip(out, self._swap(t)):
+            o.copy_(part)
+
+    def all_reduce(self, t, op=dist.ReduceOp.SUM, group=None):
+        parts = self._swap(t)
+        total = parts[0]
+        for part in parts[1:]:
+            total = torch.maximum(total, part) if op == dist.ReduceOp.MAX else total + part
+        t.copy_(total)
+
+    def broadcast(self, t, src, group=None):
+        t.copy_(self._swap(t)[src])
+
+    def run(self, fn):
+        """fn(rank) on every rank at once; the answers, or the exceptions, by rank."""
+        out = [None] * self.world
+
+        def one(rank):
+            self.me.rank = rank
+            try:
+                out[rank] = fn(rank)
+            except Exception as exc:  # noqa: BLE001 (compared by the caller)
+                out[rank] = exc
+        threads = [threading.Thread(target=one, args=(r,)) for r in range(self.world)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return out
+
+
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(call=test_fuzz.calls(vocabs=[1, 2, 3, 7, 16, 17, 64, 129], max_batch=4),
+       world=st.integers(1, 4), cut_seed=st.integers(0, 2 ** 20), scalar_k=st.integers(0, 3))
+def test_sharded_calls_agree_with_the_reference_on_anything(call, world, cut_seed, scalar_k):
+    """The fuzz campaign's calls (odd values, layouts, dtypes, parameters at every edge;
+    or, forcing a scalar top-k of 1-3, rows of 0s and 1s, so that shards hold ties past
+    their candidates), sharded over 1-4 thread ranks at random cuts (empty shards
+    included): every rank returns the reference's tokens and, where finite, log-probs;
+    validate=True raises on every rank exactly where the contract calls the call invalid.
+    (It found NaN in a top-p tensor breaking the radix levels.)"""
+    x, params, _ = call
+    B, V = x.shape
+    g = torch.Generator().manual_seed(cut_seed)
+    if scalar_k and params["top_k"] is None:                 # the candidates path more
+        params = dict(params, top_k=scalar_k)                # often, with ties past them
+        x = torch.randint(0, 2, (B, V), generator=g).to(x.dtype)
+    cuts = [0, *sorted(torch.randint(0, V + 1, (world - 1,), generator=g).tolist()), V]
+    group = _Threads(world)
+    seeds = torch.arange(B) * 3 + 1
+    want, want_logp = fs.reference.sample(x, seed=seeds, offset=5, validate=False,
+                                          return_logprobs=True, **params)
+
+    def shard(rank, validate):
+        return fsd.sample(x[:, cuts[rank]:cuts[rank + 1]], vocab_start=cuts[rank],
+                          vocab_size=V, seed=seeds, offset=5, validate=validate,
+                          return_logprobs=True, **params)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fsd, "dist", group)
+        answers = group.run(lambda r: shard(r, False))
+        raised = [isinstance(r, ValueError) for r in group.run(lambda r: shard(r, True))]
+    for rank, got in enumerate(answers):
+        assert not isinstance(got, Exception), got
+        tokens, logp = got
+        assert torch.equal(tokens, want), (rank, cuts, tokens, want)
+        finite = torch.isfinite(want_logp)
+        torch.testing.assert_close(logp[finite], want_logp[finite], rtol=1e-5, atol=1e-5)
+    invalid = test_fuzz._invalid(x, params)
+    assert raised == [invalid] * world, (raised, invalid)

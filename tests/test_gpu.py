@@ -133,3 +133,30 @@ def test_b4096_v2pow20plus7_runs_and_allocates_no_b_by_v_buffer():
         assert bool(((tokens >= 0) & (tokens < V)).all())
         want = reference.sample(logits[check_rows], seed=seeds[check_rows], **params)
         assert torch.equal(tokens[check_rows], want), params
+
+
+def test_distributed_same_tokens_on_gpu_with_nccl_and_no_sync(tmp_path):
+    """fs.distributed on CUDA tensors (NCCL, a world of one rank): the reference's tokens
+    on each of its three paths, and no host sync with validate=False."""
+    import torch.distributed as dist
+    from fused_sampler import distributed as fsd
+    dist.init_process_group("nccl", init_method=f"file://{tmp_path / 'init'}", rank=0,
+                            world_size=1)
+    try:
+        logits = torch.randn(16, 5000) * 2
+        seeds = torch.arange(16) * 7
+        for params in CASES + [dict(top_k=torch.full((16,), 50), top_p=0.9)]:
+            kw = dict(vocab_start=0, vocab_size=5000, offset=11, validate=False)
+            cuda_params = {k: v.cuda() if isinstance(v, torch.Tensor) else v
+                           for k, v in params.items()}
+            gpu = fsd.sample(logits.cuda(), seed=seeds.cuda(), **kw, **cuda_params).cpu()
+            cpu = reference.sample(logits, seed=seeds, offset=11, **params)
+            assert torch.equal(gpu, cpu), params
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                fsd.sample(logits.cuda(), seed=seeds.cuda(), return_logprobs=True, **kw,
+                           **cuda_params)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+    finally:
+        dist.destroy_process_group()
