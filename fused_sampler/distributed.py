@@ -28,8 +28,9 @@ docs/design.md, "Tensor parallel"; ``scripts/tp_model.py`` models them against g
 the logits.
 
 The local steps run as PyTorch operations on the shard (each radix level is one read of
-it); building them on the kernel's chunked phases (a shard as a chunk that lives on
-another rank) is the next step, not done yet.
+it), but for the race's noise, which the kernel's noise launch draws where the backend
+resolves to Triton; building them on the kernel's chunked phases (a shard as a chunk
+that lives on another rank) is the next step, not done yet.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ import torch
 import torch.distributed as dist
 
 from . import _args
+from ._api import resolve_backend
 from .reference import greedy_and_inv_t, gumbel_noise, strictly_above
 
 __all__ = ["sample", "filtered_probs", "RADIX_BITS", "LEVELS"]
@@ -88,6 +90,17 @@ def _check(local_logits, vocab_start, vocab_size, group, temperature, top_k, top
         dist.broadcast(a.seed, src=src, group=group)
     real = torch.arange(max(n, 1), device=x.device)[None, :] < n
     return a, real, n
+
+
+def _noise(a, n, vocab_start):
+    """float32 [B, max(n, 1)] race noise of the shard's tokens, by global index: the
+    kernel's (one launch of _noise_kernel) where the call's backend resolves to Triton,
+    else the reference's (PyTorch: some 800 operations for the Philox rounds).  The two
+    differ in the last bits, as the kernel's race and the reference's do."""
+    if resolve_backend(a.backend, a.logits.device) == "triton":
+        from .kernels import sampler      # imported late: TRITON_INTERPRET is read then
+        return sampler.gumbel_noise(a.seeds, a.offsets, max(n, 1), vocab_start)
+    return gumbel_noise(a.seeds, a.offsets, max(n, 1), vocab_start)
 
 
 def _local(a, real):
@@ -236,7 +249,7 @@ def _plain(a, real, n, vocab_start, group, validate):
     under its own max as the anchor, with the winner's logit and noise, so that every rank
     recomputes the key under the row's max, and its normaliser relative to its max."""
     greedy, inv_t, raw, x = _local(a, real)
-    g = gumbel_noise(a.seeds, a.offsets, max(n, 1), vocab_start).double()
+    g = _noise(a, n, vocab_start).double()
     finite = (x > float("-inf")) & (x < float("inf"))
     anchor = torch.where(finite, x, float("-inf")).amax(dim=1, keepdim=True)
     key = torch.where(finite, (x.double() - anchor.double()) * inv_t.double()[:, None] + g,
@@ -336,7 +349,7 @@ def _candidates(a, real, n, vocab_start, group, validate):
     all tokens whatever the filters (_finish_rows)."""
     k, B, dev = a.top_k, a.batch, a.logits.device
     greedy, inv_t, raw, x = _local(a, real)
-    g = gumbel_noise(a.seeds, a.offsets, max(n, 1), vocab_start)
+    g = _noise(a, n, vocab_start)
     kk = min(k, x.shape[1])
     top_x, top_i = torch.topk(x, kk, dim=1)
     ok = real.expand(B, -1).gather(1, top_i)
@@ -432,7 +445,10 @@ def sample(local_logits, *, vocab_start, vocab_size, group=None, temperature=1.0
         As in :func:`fused_sampler.sample`; the logits checks (NaN, +inf, rows with no
         finite logit) hold for the whole rows, so every rank raises the same error.
     backend : {"auto", "triton", "reference"}
-        Checked; every backend runs the shard's steps as PyTorch operations for now.
+        Where the race's noise comes from: the kernel's noise launch on "triton" (and on
+        "auto" for CUDA tensors, or CPU ones under TRITON_INTERPRET=1), PyTorch's
+        reference on "reference".  The other steps of the shard are PyTorch operations
+        on every backend for now.
 
     Returns
     -------
@@ -451,7 +467,7 @@ def sample(local_logits, *, vocab_start, vocab_size, group=None, temperature=1.0
                         return_logprobs)
     keep, d, greedy, x_s, m, inv_t, m_raw, x = _kept(a, real, vocab_size, group, validate)
     # 4. this shard's race winner (the reference's float64 key, noise by global index)
-    g = gumbel_noise(a.seeds, a.offsets, max(n, 1), vocab_start).double()
+    g = _noise(a, n, vocab_start).double()
     key = (x_s.double() - m.double()) * inv_t.double()[:, None] + g
     race = torch.where(keep & (x_s > float("-inf")), key, float("-inf"))
     best = race.amax(dim=1)

@@ -2166,6 +2166,24 @@ def _split_kernel(
                                  stats_row, False, LOGPROBS, STATS, BLOCK)
 
 
+@triton.jit
+def _noise_kernel(seed_ptr, offset_ptr, out_ptr, start, n, BLOCK: tl.constexpr):
+    """The race's Gumbel noise of tokens ``start`` to ``start + n - 1`` of each row, as
+    float32 [B, n]: the kernel's own noise (_token_words, _gumbel), for the shard of a
+    vocabulary split over ranks (fused_sampler.distributed).  Program (t, r): BLOCK
+    tokens of row r; 4 bytes written a token."""
+    row = tl.program_id(1).to(tl.int64)
+    pos = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    seed = tl.load(seed_ptr + row)
+    offset = tl.load(offset_ptr + row)
+    off_lo = (offset & 0xFFFFFFFF).to(tl.uint32)
+    off_hi = ((offset >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    idx = start + pos
+    g = _gumbel(_token_words(seed, off_lo, off_hi, idx, 0),
+                _token_words(seed, off_lo, off_hi, idx, 1))
+    tl.store(out_ptr + row * n + pos, g, mask=pos < n)
+
+
 # ----------------------------------------------------------------------------- launcher
 
 DEFAULT_BIN_BITS = 10
@@ -2429,3 +2447,25 @@ def sample(a, return_logprobs: bool = True, chunks: int = None):
 def filtered_probs(a):
     """float32 [B, V] filtered probabilities for a checked call."""
     return launch(a, probs_mode=True, return_logprobs=False)[2]
+
+
+NOISE_BLOCK = 1024
+
+
+def noise_kernel_args(seeds: torch.Tensor, offsets: torch.Tensor, n: int, start: int = 0):
+    """The launch of _noise_kernel for tokens ``start`` to ``start + n - 1`` of each row:
+    (grid, args, constexprs and options, the float32 [B, n] output)."""
+    B = seeds.shape[0]
+    out = torch.empty(B, n, dtype=torch.float32, device=seeds.device)
+    return ((triton.cdiv(n, NOISE_BLOCK), B), (seeds.contiguous(), offsets.contiguous(), out,
+            start, n), dict(BLOCK=NOISE_BLOCK, num_warps=4, enable_fp_fusion=False), out)
+
+
+def gumbel_noise(seeds: torch.Tensor, offsets: torch.Tensor, n: int, start: int = 0):
+    """float32 [B, n] Gumbel noise of tokens ``start`` to ``start + n - 1`` under the
+    rows' int64 ``seeds`` and ``offsets`` (_noise_kernel): fused_sampler.reference's
+    gumbel_noise, in one launch (equal to its last bits)."""
+    grid, args, kwargs, out = noise_kernel_args(seeds, offsets, n, start)
+    if out.numel():
+        _noise_kernel[grid](*args, **kwargs)
+    return out

@@ -11,7 +11,7 @@ The specialisation is the one a real launch gets: Triton's own binder reads the 
 GPU runs (128-bit loads where a launch would get them).
 
     python scripts/compile_check.py             # every filter / mode combination
-    python scripts/compile_check.py --quick     # eight: all filters drawing and writing
+    python scripts/compile_check.py --quick     # nine: all filters drawing and writing
                                                 # probs, plain, min-p alone; split rows
                                                 # plain, top-p alone's launch 1, and all
                                                 # filters' launches 1, 3
@@ -56,7 +56,10 @@ def compile_call(a, probs_mode, arch, ptxas_log=False, **launch):
     Returns the compiled kernel, or (kernel, ptxas's -v report) with ``ptxas_log``: the
     registers, stack frame and spill bytes (a driverless compile has no other source of
     them)."""
-    if launch.get("chunks"):          # rows split over programs (small batches)
+    if launch.get("noise"):           # the race's noise for a vocabulary shard
+        _, args, kwargs, _ = sampler.noise_kernel_args(a.seeds, a.offsets, 5000, 123)
+        fn = sampler._noise_kernel
+    elif launch.get("chunks"):        # rows split over programs (small batches)
         _, args, kwargs, _ = sampler.split_kernel_args(a, **launch)
         fn = sampler._split_kernel
     else:
@@ -120,6 +123,8 @@ def calls(quick):
             continue
         yield f"split rows, launch {phase}: k=1 p=1 min_p=1 sample, top-k tensor", a, False, \
             dict(chunks=32, phase=phase)
+    # the noise launch of fused_sampler.distributed
+    yield "noise of a vocabulary shard", a, False, dict(noise=True)
     if not quick:
         a = _args.check(torch.zeros(B, 100), 1.0, 5, 0.9, None, "top_k_first", seed=0,
                         validate=False)

@@ -81,16 +81,17 @@ def _check_case(rank, world, case, params):
     kw = dict(vocab_start=cuts[rank], vocab_size=V, **params)
     tokens, logprobs = fsd.sample(local, seed=seeds, offset=case, return_logprobs=True,
                                   validate=False, **kw)
+    ref_params = {k: v for k, v in params.items() if k != "backend"}
     ref_tokens, ref_logprobs = fs.reference.sample(x, seed=seeds, offset=case,
                                                    return_logprobs=True, validate=False,
-                                                   **params)
+                                                   **ref_params)
     where = f"case {case} {params} world {world} rank {rank} cuts {cuts}"
     assert torch.equal(tokens, ref_tokens), f"{where}: {tokens} != {ref_tokens}"
     torch.testing.assert_close(logprobs, ref_logprobs, rtol=1e-5, atol=1e-5, msg=where)
     finite = x.clone()
     finite[torch.isinf(finite).all(dim=1)] = 0.0
     probs = fsd.filtered_probs(finite[:, cuts[rank]:cuts[rank + 1]], **kw)
-    ref = fs.reference.filtered_probs(finite, **params)[:, cuts[rank]:cuts[rank + 1]]
+    ref = fs.reference.filtered_probs(finite, **ref_params)[:, cuts[rank]:cuts[rank + 1]]
     torch.testing.assert_close(probs, ref, rtol=1e-6, atol=1e-12, msg=where)
 
 
@@ -124,26 +125,29 @@ def _odd_rows(rank, world):
     assert all(torch.equal(t, t1) for t in every)
 
 
-def _worker(rank, world, init_file):
+def _worker(rank, world, init_file, backend):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world)
     try:
         for case, params in enumerate(CASES):
-            _check_case(rank, world, case, params)
+            _check_case(rank, world, case, dict(params, backend=backend))
         _odd_rows(rank, world)
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("world", [1, 2, 3, 4])
-def test_every_rank_draws_the_unsharded_token(world):
+@pytest.mark.parametrize("world, backend", [(1, "auto"), (2, "auto"), (3, "auto"),
+                                            (4, "auto"), (3, "reference")])
+def test_every_rank_draws_the_unsharded_token(world, backend):
+    """backend "auto": the race's noise from the kernel's noise launch (in Triton's
+    interpreter here), "reference": from PyTorch."""
     with tempfile.TemporaryDirectory() as tmp:
         init_file = os.path.join(tmp, "init")
         if world == 1:
-            _worker(0, 1, init_file)
+            _worker(0, 1, init_file, backend)
         else:
-            mp.start_processes(_worker, args=(world, init_file), nprocs=world, join=True,
-                               start_method="spawn")
+            mp.start_processes(_worker, args=(world, init_file, backend), nprocs=world,
+                               join=True, start_method="spawn")
 
 
 def test_bad_shards_are_refused_before_any_collective():
@@ -278,10 +282,10 @@ def test_sharded_calls_agree_with_the_reference_on_anything(call, world, cut_see
     want, want_logp = fs.reference.sample(x, seed=seeds, offset=5, validate=False,
                                           return_logprobs=True, **params)
 
-    def shard(rank, validate):
+    def shard(rank, validate):     # the reference's noise: threads share no interpreter
         return fsd.sample(x[:, cuts[rank]:cuts[rank + 1]], vocab_start=cuts[rank],
                           vocab_size=V, seed=seeds, offset=5, validate=validate,
-                          return_logprobs=True, **params)
+                          return_logprobs=True, backend="reference", **params)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(fsd, "dist", group)
         answers = group.run(lambda r: shard(r, False))
@@ -294,3 +298,17 @@ def test_sharded_calls_agree_with_the_reference_on_anything(call, world, cut_see
         torch.testing.assert_close(logp[finite], want_logp[finite], rtol=1e-5, atol=1e-5)
     invalid = test_fuzz._invalid(x, params)
     assert raised == [invalid] * world, (raised, invalid)
+
+
+def test_the_kernels_noise_is_the_references_to_its_last_bits():
+    """The noise launch fs.distributed takes on the kernel's backends (_noise_kernel) is
+    reference.gumbel_noise of the same tokens, starts off a multiple of 4 and lengths off
+    a multiple of its block included."""
+    from fused_sampler.kernels import sampler
+    g = torch.Generator().manual_seed(0)
+    seeds = torch.randint(-2 ** 62, 2 ** 62, (3,), generator=g)
+    offsets = torch.randint(0, 2 ** 62, (3,), generator=g)
+    for n, start in ((1, 0), (5, 3), (1500, 4094), (77, 2 ** 30)):
+        torch.testing.assert_close(sampler.gumbel_noise(seeds, offsets, n, start),
+                                   fs.reference.gumbel_noise(seeds, offsets, n, start),
+                                   rtol=1e-6, atol=1e-6)
