@@ -531,6 +531,10 @@ def phases(dry: bool) -> list:
         # the same under CUDA graphs, and the host time of an eager call: the first
         # session's eager times at small B could not tell host overhead from GPU time
         ("float32 small batches, CUDA graphs and host time", SMALL_IMPLS, small),
+        # the tensor-parallel path on one rank: its local steps' cost (PyTorch operations
+        # and the noise launch) against fused_sampler on the same rows
+        ("float32 tensor parallel, one rank", ("fused_sampler_tp1",),
+         wl.Grid(small.batch_sizes[::2], small.vocab_sizes, f32, ("plain", "top_k_top_p"))),
         ("flashinfer float32, V first", FLASHINFER_IMPLS, mk(f32, g["v_first"])),
         ("flashinfer float32 small batches, CUDA graphs", FLASHINFER_GRAPH_IMPLS, small),
         ("bfloat16, V first", CORE_IMPLS, mk(bf16, g["v_first"])),
@@ -722,6 +726,13 @@ def cmd_summary(args) -> int:
             lines.append(f"  {case:11s} {dtype} V={V:6d} B={B:4d}: eager {pair('')}  graph "
                          f"{pair('@graph')}  host {pair('@host')}"
                          + (f"  graph {', '.join(fi_graph)}" if fi_graph else ""))
+        for r in sorted((r for r in rows if r["impl"] == "fused_sampler_tp1"),
+                        key=lambda r: (r["case"], r["V"], r["B"])):
+            one = [q["median_us"] for q in rows if q["impl"] == "fused_sampler" and
+                   all(q[k] == r[k] for k in ("B", "V", "dtype", "case"))]
+            lines.append(f"  tensor parallel, one rank: {r['case']:11s} V={r['V']:6d} "
+                         f"B={r['B']:4d}: {r['median_us']:9.1f} us"
+                         + (f"  fused_sampler {one[0]:9.1f} us" if one else ""))
     if fi:
         lines.append(f"flashinfer: {'ok' if fi.get('ok') else fi.get('reason')}")
     print("\n".join(lines), flush=True)

@@ -81,6 +81,7 @@ host time of one eager call while the GPU is held busy (what the call's Python a
 launches cost on the CPU; on a GPU faster than that, eager timings measure the host)."""
 
 VARIANT_IMPLS = (
+    "fused_sampler_tp1",
     "fused_sampler@graph",
     "fused_sampler_per_row@graph",
     "fused_sampler@host",
@@ -88,7 +89,9 @@ VARIANT_IMPLS = (
     "flashinfer_logits@graph",
     "flashinfer_joint@graph",
 )
-"""Timing variants, run only where named (the GPU session's small-batch phases)."""
+"""Timing variants and fused_sampler_tp1 (fs.distributed.sample on a process group of
+one rank: the tensor-parallel path's own cost, with no communication to speak of), run
+only where named (the GPU session's small-batch and tensor-parallel phases)."""
 
 KNOWN_IMPLS = IMPLS + VARIANT_IMPLS
 
@@ -202,7 +205,7 @@ def applies(impl: str, case: str) -> bool:
         return case == "top_k_top_p"
     if impl == "flashinfer_logits":
         return case == "plain"
-    return impl in IMPLS
+    return impl in KNOWN_IMPLS
 
 
 def _seeds(batch: int, device) -> torch.Tensor:
@@ -236,6 +239,26 @@ def _fused_sampler_per_row(params: dict, batch: int, device) -> Callable:
                         params.get("top_p"), params.get("min_p"), "top_k_first", seed=seeds,
                         offset=0, validate=False)
         return sampler.sample(a, return_logprobs=False, chunks=0)[0]
+    return call
+
+
+def _fused_sampler_tp1(params: dict, batch: int, device) -> Callable:
+    """fs.distributed.sample with the whole row as the one shard of a one-rank group
+    (NCCL on a GPU, gloo on a CPU; created here on first use): what the tensor-parallel
+    path costs a rank besides its collectives (docs/design.md, "Tensor parallel")."""
+    import tempfile
+
+    import torch.distributed as dist
+    device = torch.device(device)
+    if not dist.is_initialized():
+        store = tempfile.mkdtemp(prefix="fs-bench-tp1-")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                init_method=f"file://{store}/init", rank=0, world_size=1)
+    seeds = _seeds(batch, device)
+
+    def call(x):
+        return fs.distributed.sample(x, vocab_start=0, vocab_size=x.shape[1], **params,
+                                     seed=seeds, validate=False)
     return call
 
 
@@ -370,6 +393,8 @@ def build(impl: str, case: str, batch: int, device, compile_backend: str = "indu
         return _fused_sampler(params, batch, device)
     if impl == "fused_sampler_per_row":
         return _fused_sampler_per_row(params, batch, device)
+    if impl == "fused_sampler_tp1":
+        return _fused_sampler_tp1(params, batch, device)
     if impl == "torch_reference":
         return _torch_reference(params, batch, device)
     if impl == "torch_compile_reference":
