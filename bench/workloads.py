@@ -335,7 +335,6 @@ def _flashinfer(impl: str, case: str, device) -> Callable:
     fi = flashinfer_sampling()
     p = CASES[case]
     scale = _scaled(p["temperature"])
-    impl = split_impl(impl)[0]
     if impl in ("flashinfer_joint", "flashinfer_top_k_first"):
         order = "joint" if impl == "flashinfer_joint" else "top_k_first"
         return lambda x: fi.top_k_top_p_sampling_from_logits(

@@ -218,12 +218,17 @@ def check_values(x, temperature, top_k, top_p, min_p):
 
     Skipped while a CUDA graph is being captured, where a sync is an error: the contract
     makes ``validate=True`` the default only outside capture."""
-    if x.is_cuda and torch.cuda.is_current_stream_capturing():
+    if capturing(x):
         return
     check_param_values(temperature, top_k, top_p, min_p)
     raise_bad_rows("logits", torch.isnan(x).any(dim=1), "contain NaN")
     raise_bad_rows("logits", (x == float("inf")).any(dim=1), "contain +inf")
     raise_bad_rows("logits", (x == float("-inf")).all(dim=1), "have no finite logit")
+
+
+def capturing(x) -> bool:
+    """Whether a CUDA graph is being captured on ``x``'s stream: no check may sync then."""
+    return x.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 def raise_bad_rows(name, mask, what):

@@ -39,7 +39,8 @@ import torch.distributed as dist
 
 from . import _args
 from ._api import resolve_backend
-from .reference import greedy_and_inv_t, gumbel_noise, strictly_above
+from .reference import (clean, greedy_and_inv_t, gumbel_noise, resolve_odd_rows,
+                        scaled, strictly_above)
 
 __all__ = ["sample", "filtered_probs", "RADIX_BITS", "LEVELS"]
 
@@ -83,7 +84,7 @@ def _check(local_logits, vocab_start, vocab_size, group, temperature, top_k, top
     a = _args.check(stand_in[0] if squeeze else stand_in, temperature, top_k, top_p, min_p,
                     order, seed=seed, offset=offset, generator=generator, backend=backend,
                     validate=False)
-    if validate and a.batch and not (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+    if validate and a.batch and not _args.capturing(x):
         _args.check_param_values(a.temperature, a.top_k, a.top_p, a.min_p)
     if seed is None and a.batch:
         src = dist.get_global_rank(group, 0) if group is not None else 0
@@ -107,9 +108,7 @@ def _local(a, real):
     """(greedy [B], 1/T [B], the float32 logits, the logits with NaN and the padding of an
     empty shard as -inf and -0.0 as +0.0)."""
     greedy, inv_t = greedy_and_inv_t(a.temperature, a.batch, a.logits.device)
-    raw = a.logits.float()
-    x = torch.where(torch.isnan(raw) | ~real, float("-inf"), raw)
-    return greedy, inv_t, raw, torch.where(x == 0, 0.0, x)
+    return greedy, inv_t, a.logits.float(), torch.where(real, clean(a.logits), float("-inf"))
 
 
 def _terms(x, m, inv_t):
@@ -192,16 +191,14 @@ def _kept(a, real, vocab_size, group, validate):
                            (x == float("inf")).any(dim=1).float()], dim=1)
     dist.all_reduce(summary, op=dist.ReduceOp.MAX, group=group)
     m_raw = summary[:, 0:1]
-    if validate and not (logits.is_cuda and torch.cuda.is_current_stream_capturing()):
+    if validate and not _args.capturing(logits):
         _args.raise_bad_rows("logits", summary[:, 1] > 0, "contain NaN")
         _args.raise_bad_rows("logits", summary[:, 2] > 0, "contain +inf")
         _args.raise_bad_rows("logits", m_raw[:, 0] == float("-inf"), "have no finite logit")
-    # the contract's odd rows, as the reference's _sanitize resolves them
-    pos, neg = m_raw == float("inf"), m_raw == float("-inf")
-    x_s = torch.where(pos, torch.where(x == float("inf"), 0.0, float("-inf")), x)
-    x_s = torch.where(neg & real, 0.0, x_s)
-    m = torch.where(pos | neg, 0.0, m_raw)
-    d = torch.where(x_s == float("-inf"), float("-inf"), (x_s - m) * inv_t[:, None])
+    # the contract's odd rows, under the whole row's max (an empty shard's stand-in
+    # column may turn 0 in a row with no finite logit: ``real`` keeps it out of everything)
+    x_s, m = resolve_odd_rows(x, m_raw)
+    d = scaled(x_s, m, inv_t)
     keep = real.expand(B, -1).clone()
     keys = _keys(x_s)
 
@@ -235,6 +232,19 @@ def _kept(a, real, vocab_size, group, validate):
     return keep, d, greedy, x_s, m, inv_t, m_raw, x
 
 
+def _gather(mine, group):
+    """All ranks' ``mine`` (the same shape on each), stacked [W, ...] in rank order."""
+    every = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(every, mine, group=group)
+    return torch.stack(every)
+
+
+def _winner(key, idx, dim=0):
+    """The index of the largest key along ``dim``, ties to the lowest index (Gumbel-max
+    over parts of a row)."""
+    return torch.where(key == key.amax(dim=dim, keepdim=True), idx, _NO_INDEX).amin(dim=dim)
+
+
 def _greedy_index(x, m_raw, real, vocab_start):
     """This rank's lowest global index holding the row's (raw) max, as float64; none:
     _NO_INDEX."""
@@ -265,7 +275,7 @@ def _plain(a, real, n, vocab_start, group, validate):
     m = e[:, :, 0].amax(dim=0)
     key = torch.where(e[:, :, 1] < _NO_INDEX,
                       (e[:, :, 2] - m.double()) * inv_t.double() + e[:, :, 3], float("-inf"))
-    token = torch.where(key == key.amax(dim=0), e[:, :, 1], _NO_INDEX).amin(dim=0)
+    token = _winner(key, e[:, :, 1])
     # log-probs: the winner's d over the normaliser, each shard's rescaled to the row max
     scale = torch.exp((e[:, :, 0].float() - m.float()) * inv_t).double()
     total = torch.where(e[:, :, 4] > 0, e[:, :, 4] * scale, 0.0).sum(dim=0)
@@ -296,12 +306,9 @@ def _exchange(a, x, raw, g, real, vocab_start, own, group, validate):
               *best(torch.where(real, g, float("-inf"))),
               (x == float("inf")).sum(dim=1).double(),
               real.sum(dim=1).double().expand(x.shape[0])]
-    mine = torch.cat([torch.stack(shared, dim=1), own], dim=1)
-    every = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(every, mine, group=group)
-    e = torch.stack(every)
+    e = _gather(torch.cat([torch.stack(shared, dim=1), own], dim=1), group)
     m_raw = e[:, :, 0].amax(dim=0)
-    if validate and not (a.logits.is_cuda and torch.cuda.is_current_stream_capturing()):
+    if validate and not _args.capturing(a.logits):
         _args.raise_bad_rows("logits", e[:, :, 1].amax(dim=0) > 0, "contain NaN")
         _args.raise_bad_rows("logits", m_raw == float("inf"), "contain +inf")
         _args.raise_bad_rows("logits", m_raw == float("-inf"), "have no finite logit")
@@ -313,11 +320,9 @@ def _finish_rows(tokens, logp, greedy, m_raw, shared):
     settle: a row holding +inf draws among its +inf tokens and one with no finite logit
     among all V (uniform whatever the filters: the best noise, ties to the lowest index);
     a greedy row takes the lowest index of the row max."""
-    def winner(k, idx):
-        return torch.where(k == k.amax(dim=0), idx, _NO_INDEX).amin(dim=0)
     pinf, none = m_raw == float("inf"), m_raw == float("-inf")
-    tokens = torch.where(pinf, winner(shared[:, :, 3], shared[:, :, 4]), tokens)
-    tokens = torch.where(none, winner(shared[:, :, 5], shared[:, :, 6]), tokens)
+    tokens = torch.where(pinf, _winner(shared[:, :, 3], shared[:, :, 4]), tokens)
+    tokens = torch.where(none, _winner(shared[:, :, 5], shared[:, :, 6]), tokens)
     logp = torch.where(pinf, -torch.log(shared[:, :, 7].sum(dim=0)), logp)
     logp = torch.where(none, -torch.log(shared[:, :, 8].sum(dim=0)), logp)
     argmax = torch.where(shared[:, :, 0] == m_raw, shared[:, :, 2], _NO_INDEX).amin(dim=0)
@@ -330,9 +335,12 @@ CANDIDATES_MAX = 1024
 shard's top-k candidates; larger or per-row ``top_k`` takes the radix levels."""
 
 
-def _by_candidates(a, vocab_size):
-    return (isinstance(a.top_k, int) and 0 < a.top_k <= CANDIDATES_MAX
-            and a.top_k < vocab_size and (a.top_p is None or a.order == "top_k_first"))
+def by_candidates(top_k, has_top_p, order, vocab_size):
+    """Whether a call takes the candidates path (one all-gather): ``top_k`` a Python int
+    in (0, min(CANDIDATES_MAX, V - 1)], and top-p, if any, under "top_k_first"."""
+    return (isinstance(top_k, int) and not isinstance(top_k, bool)
+            and 0 < top_k <= CANDIDATES_MAX and top_k < vocab_size
+            and (not has_top_p or order == "top_k_first"))
 
 
 def _candidates(a, real, n, vocab_start, group, validate):
@@ -381,8 +389,8 @@ def _candidates(a, real, n, vocab_start, group, validate):
     theta_k = torch.topk(X, k, dim=1).values[:, -1:]              # the row's k-th largest
     keep = (I < _NO_INDEX) & (X >= theta_k)
     tied_on = (n_tied > 0) & (kth_r == theta_k)
-    d = torch.where(X == float("-inf"), float("-inf"), (X - m) * inv_t[:, None])
-    d_tied = (theta_k - m) * inv_t[:, None]                        # [B, 1]
+    d = scaled(X, m, inv_t)
+    d_tied = scaled(theta_k, m, inv_t)                             # [B, 1]
     if a.top_p is not None:
         p = _args.rows(a.top_p, B, torch.float64, dev)
         p_on = p < 1.0
@@ -406,11 +414,9 @@ def _candidates(a, real, n, vocab_start, group, validate):
                         (theta_k.double() - m.double()) * inv_t.double()[:, None] +
                         ex[:, :, 2].T, float("-inf"))
     keys, idx = torch.cat([key, t_key], dim=1), torch.cat([I, ex[:, :, 3].T], dim=1)
-    best = keys.amax(dim=1, keepdim=True)
-    token = torch.where(keys == best, idx, _NO_INDEX).amin(dim=1)
+    token = _winner(keys, idx, dim=1)
     d_all = torch.cat([d, d_tied.expand(B, W)], dim=1)
-    d_tok = torch.where((keys == best) & (idx == token[:, None]), d_all.double(),
-                        float("-inf")).amax(dim=1)
+    d_tok = torch.where(idx == token[:, None], d_all.double(), float("-inf")).amax(dim=1)
     w = torch.where(keep, torch.exp(d).double(), 0.0).sum(dim=1) + \
         torch.where(tied_on, n_tied * torch.exp(d_tied).double(), 0.0).sum(dim=1)
     return _finish_rows(token, d_tok - torch.log(w), greedy, m_raw, shared)
@@ -462,7 +468,7 @@ def sample(local_logits, *, vocab_start, vocab_size, group=None, temperature=1.0
         return a.empty_tokens(return_logprobs)
     if a.top_k is None and a.top_p is None and a.min_p is None:
         return a.finish(*_plain(a, real, n, vocab_start, group, validate), return_logprobs)
-    if _by_candidates(a, vocab_size):
+    if by_candidates(a.top_k, a.top_p is not None, a.order, vocab_size):
         return a.finish(*_candidates(a, real, n, vocab_start, group, validate),
                         return_logprobs)
     keep, d, greedy, x_s, m, inv_t, m_raw, x = _kept(a, real, vocab_size, group, validate)
@@ -475,16 +481,11 @@ def sample(local_logits, *, vocab_start, vocab_size, group=None, temperature=1.0
     winner = torch.where(best > float("-inf"), local.double() + vocab_start, _NO_INDEX)
     d_win = d.gather(1, local[:, None])[:, 0].double()
     w_sum = torch.where(keep, torch.exp(d).double(), 0.0).sum(dim=1)
-    mine = torch.stack([best, winner, d_win, w_sum, _greedy_index(x, m_raw, real,
-                                                                  vocab_start)], dim=1)
-    world = dist.get_world_size(group)
-    every = [torch.empty_like(mine) for _ in range(world)]
-    dist.all_gather(every, mine, group=group)
-    every = torch.stack(every)                                 # [W, B, 5], rank order
-    top = every[:, :, 0].amax(dim=0)
-    index = torch.where(every[:, :, 0] == top, every[:, :, 1], _NO_INDEX).amin(dim=0)
-    d_tok = torch.where((every[:, :, 0] == top) & (every[:, :, 1] == index),
-                        every[:, :, 2], float("-inf")).amax(dim=0)
+    every = _gather(torch.stack([best, winner, d_win, w_sum,
+                                 _greedy_index(x, m_raw, real, vocab_start)], dim=1),
+                    group)                                     # [W, B, 5], rank order
+    index = _winner(every[:, :, 0], every[:, :, 1])
+    d_tok = torch.where(every[:, :, 1] == index, every[:, :, 2], float("-inf")).amax(dim=0)
     total = every[:, :, 3].sum(dim=0)                          # in rank order: the same
     tokens = torch.where(greedy, every[:, :, 4].amin(dim=0), index).to(torch.int64)
     logprobs = torch.where(greedy, 0.0, d_tok - torch.log(total)).float()
@@ -504,11 +505,8 @@ def filtered_probs(local_logits, *, vocab_start, vocab_size, group=None, tempera
                            device=local_logits.device)
     keep, d, greedy, x_s, m, inv_t, m_raw, x = _kept(a, real, vocab_size, group, True)
     w = torch.where(keep, torch.exp(d).double(), 0.0)
-    mine = torch.stack([w.sum(dim=1), _greedy_index(x, m_raw, real, vocab_start)], dim=1)
-    world = dist.get_world_size(group)
-    every = [torch.empty_like(mine) for _ in range(world)]
-    dist.all_gather(every, mine, group=group)
-    every = torch.stack(every)
+    every = _gather(torch.stack([w.sum(dim=1), _greedy_index(x, m_raw, real, vocab_start)],
+                                dim=1), group)
     total = every[:, :, 0].sum(dim=0)
     arg = every[:, :, 1].amin(dim=0)
     pos = torch.arange(w.shape[1], device=w.device, dtype=torch.float64)[None, :] + vocab_start

@@ -17,7 +17,7 @@ from . import _args
 
 __all__ = ["sample", "filtered_probs", "probs", "draw", "philox4x32", "noise_words",
            "gumbel_from_words", "gumbel_noise", "greedy_and_inv_t", "keep_mask",
-           "strictly_above"]
+           "strictly_above", "clean", "resolve_odd_rows", "scaled"]
 
 _M32 = 0xFFFFFFFF
 _PHILOX_ROUND_A = 0xD2511F53
@@ -109,25 +109,33 @@ def gumbel_noise(seed: torch.Tensor, offset: torch.Tensor, vocab: int,
                              noise_words(seed, offset, vocab, 1, start))
 
 
-def _sanitize(logits: torch.Tensor):
-    """float32 logits with the contract's special values resolved.
-
-    NaN counts as -inf and -0.0 as +0.0.  A row holding +inf keeps only its +inf tokens,
-    as equals (logit 0, every other token -inf); a row with no logit above -inf treats all
-    its tokens as equals (logit 0).  Returns (x, m) with m the row max, finite.
-    """
+def clean(logits: torch.Tensor) -> torch.Tensor:
+    """float32 logits with NaN as -inf and -0.0 as +0.0."""
     x = logits.float()
     x = torch.where(torch.isnan(x), float("-inf"), x)
-    x = torch.where(x == 0, 0.0, x)
-    m = x.amax(dim=1, keepdim=True)
+    return torch.where(x == 0, 0.0, x)
+
+
+def resolve_odd_rows(x: torch.Tensor, m: torch.Tensor):
+    """(x, m) with the contract's odd rows resolved, from :func:`clean` logits and each
+    row's max ``m`` [B, 1] (over the whole row, wherever its columns live): a row holding
+    +inf keeps only its +inf tokens, as equals (logit 0, every other token -inf); a row
+    with no logit above -inf treats all its tokens as equals (logit 0).  m comes back
+    finite."""
     pos, neg = m == float("inf"), m == float("-inf")
     x = torch.where(pos, torch.where(x == float("inf"), 0.0, float("-inf")), x)
     x = torch.where(neg, 0.0, x)
-    m = torch.where(pos | neg, 0.0, m)
-    return x, m
+    return x, torch.where(pos | neg, 0.0, m)
 
 
-def _scaled(x, m, inv_t):
+def _sanitize(logits: torch.Tensor):
+    """(x, m): float32 logits with the contract's special values resolved (:func:`clean`,
+    :func:`resolve_odd_rows`) and the row max, finite."""
+    x = clean(logits)
+    return resolve_odd_rows(x, x.amax(dim=1, keepdim=True))
+
+
+def scaled(x, m, inv_t):
     """d = (x - m) * (1/T) in float32, -inf for -inf logits: log P up to the normaliser."""
     d = (x - m) * inv_t[:, None]
     return torch.where(x == float("-inf"), float("-inf"), d)
@@ -163,7 +171,7 @@ def keep_mask(logits, temperature=1.0, top_k=None, top_p=None, min_p=None, order
     # top_p / min_p is off, top_p <= 0 keeps the most probable tokens, min_p > 1 acts as 1.
     greedy, inv_t = greedy_and_inv_t(temperature, B, dev)
     x, m = _sanitize(logits)
-    d = _scaled(x, m, inv_t)
+    d = scaled(x, m, inv_t)
     e = torch.exp(d).double()                                      # P up to the normaliser
     keep = torch.ones(B, V, dtype=torch.bool, device=dev)
 

@@ -199,6 +199,12 @@ def _mul_hi_lo(a, B: tl.constexpr, MUL_WIDE: tl.constexpr):
 
 
 @_device
+def _offset_halves(offset):
+    """The int64 offset as the two uint32 words of the Philox counter (low, high)."""
+    return (offset & 0xFFFFFFFF).to(tl.uint32), ((offset >> 32) & 0xFFFFFFFF).to(tl.uint32)
+
+
+@_device
 def _philox(seed, c0, c1, c2, c3):
     """Philox-4x32-10 of counter (c0..c3) under the int64 key ``seed``."""
     k0 = (seed & 0xFFFFFFFF).to(tl.uint32)
@@ -1209,8 +1215,7 @@ def _row_params(row, V, temp_ptr, temp_val, topk_ptr, topk_val, topp_ptr, topp_v
     t = _param(temp_ptr, temp_val, row, TEMP_T, tl.float32)
     seed = _param(seed_ptr, seed_val, row, SEED_T, tl.int64)
     offset = _param(offset_ptr, offset_val, row, OFFSET_T, tl.int64)
-    off_lo = (offset & 0xFFFFFFFF).to(tl.uint32)
-    off_hi = ((offset >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    off_lo, off_hi = _offset_halves(offset)
     greedy = ~(t > 0.0)
     inv_t = tl.math.div_rn(1.0, tl.where(greedy, 1.0, t))          # T = +inf gives 0
     no = greedy & ~greedy                                           # scalar False
@@ -1801,8 +1806,7 @@ def _after_collect(row_ptr, V, m, inv_t, n, zc, dense, passes, scratch_row, binm
                                  CHUNK)
     kept_lo = tl.maximum(tl.maximum(tl.where(k_on, theta_k, 0), tl.where(p_on, theta_p, 0)),
                          key_mp)
-    off_lo = (offset & 0xFFFFFFFF).to(tl.uint32)
-    off_hi = ((offset >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    off_lo, off_hi = _offset_halves(offset)
     # ---- the race over the kept tokens, and their exact mass
     token = tl.full([], 0, tl.int32)
     kept_mass = tl.full([], FIX, tl.float64)
@@ -2176,8 +2180,7 @@ def _noise_kernel(seed_ptr, offset_ptr, out_ptr, start, n, BLOCK: tl.constexpr):
     pos = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     seed = tl.load(seed_ptr + row)
     offset = tl.load(offset_ptr + row)
-    off_lo = (offset & 0xFFFFFFFF).to(tl.uint32)
-    off_hi = ((offset >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    off_lo, off_hi = _offset_halves(offset)
     idx = start + pos
     g = _gumbel(_token_words(seed, off_lo, off_hi, idx, 0),
                 _token_words(seed, off_lo, off_hi, idx, 1))

@@ -5,7 +5,7 @@
 
 For each world size W, batch B and vocabulary V it lists the collectives one call of
 fused_sampler.distributed.sample makes (``collectives``: checked against the calls the
-function really makes by tests/test_tp_model.py) and the bytes each rank sends and
+function really makes by tests/test_distributed.py) and the bytes each rank sends and
 receives, next to an all-gather of the [B, V] logits followed by one unsharded sample.
 Time is modelled, not measured (no multi-GPU machine here): ring collectives over NVLink
 at LINK_GBPS a direction, LATENCY_US per collective, and each rank's reads of its logits
@@ -19,8 +19,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from fused_sampler.distributed import (CANDIDATES_MAX, LEVELS, RADIX_BITS,  # noqa: E402
-                                      _SHARED as SHARED)
+from fused_sampler.distributed import LEVELS, RADIX_BITS, by_candidates  # noqa: E402
+from fused_sampler.distributed import _SHARED as SHARED  # noqa: E402
 
 LINK_GBPS = 450.0        # NVLink, one direction, per H100 (NVLink 4: 900 GB/s both ways)
 LATENCY_US = 10.0        # one small NCCL collective, launch to completion (assumed)
@@ -29,15 +29,8 @@ ITEMSIZE = {"float32": 4, "bfloat16": 2}
 BINS = 1 << RADIX_BITS
 
 
-def by_candidates(top_k, top_p, order):
-    """Whether the call takes the one all-gather of each shard's top-k candidates: a
-    scalar ``top_k`` (an int; True stands for a per-row tensor) up to CANDIDATES_MAX."""
-    return (not isinstance(top_k, bool) and isinstance(top_k, int)
-            and 0 < top_k <= CANDIDATES_MAX and (not top_p or order == "top_k_first"))
-
-
 def collectives(B, top_k=False, top_p=False, min_p=False, order="top_k_first",
-                seed_given=True):
+                seed_given=True, V=128256):
     """[(op, payload bytes)] of one sample call, in order: op is "all_reduce",
     "all_gather" (payload: one rank's part) or "broadcast".  ``top_k``: False, an int
     (a scalar top-k) or True (a per-row tensor)."""
@@ -46,7 +39,7 @@ def collectives(B, top_k=False, top_p=False, min_p=False, order="top_k_first",
         out.append(("broadcast", 8 * B))
     if not (top_k or top_p or min_p):                        # plain: one exchange
         return out + [("all_gather", 8 * (SHARED + 5) * B)]  # maxima, winners, normaliser
-    if by_candidates(top_k, top_p, order):                   # k candidates and their ties
+    if by_candidates(top_k, top_p, order, V):                # k candidates and their ties
         return out + [("all_gather", 8 * (SHARED + 3 * top_k + 4) * B)]
     out.append(("all_reduce", 4 * 3 * B))                    # max and the odd-row flags
     joint = order == "joint"
@@ -70,22 +63,22 @@ def ring_bytes(op, payload, W):
     return payload                                            # broadcast, pipelined
 
 
-def local_reads(top_k=False, top_p=False, min_p=False, order="top_k_first"):
+def local_reads(top_k=False, top_p=False, min_p=False, order="top_k_first", V=128256):
     """Reads of the shard by the local steps, were each one fused read (the PyTorch
     operations that run them today read and write several times more): plain, one (the
     race); filtered, the max, each radix level (top-k and top-p: LEVELS each, shared
     under order "joint") and the race."""
-    if not (top_k or top_p or min_p) or by_candidates(top_k, top_p, order):
+    if not (top_k or top_p or min_p) or by_candidates(top_k, top_p, order, V):
         return 1
     return 2 + (LEVELS if top_k and not (top_p and order == "joint") else 0) + \
         (LEVELS if top_p else 0)
 
 
 def sharded(B, V, W, dtype, **filters):
-    colls = collectives(B, **filters)
+    colls = collectives(B, V=V, **filters)
     sent = sum(ring_bytes(op, n, W) for op, n in colls)
     t = len(colls) * LATENCY_US + sent / (LINK_GBPS * 1e3)
-    reads = local_reads(**filters)
+    reads = local_reads(V=V, **filters)
     t += reads * B * (V / W) * ITEMSIZE[dtype] / (HBM_GBPS * 1e3)
     return len(colls), sent, t
 

@@ -198,7 +198,7 @@ def test_the_model_counts_the_collectives_sample_makes(monkeypatch, tmp_path, pa
                                         top_p="top_p" in params,
                                         min_p="min_p" in params,
                                         order=params.get("order", "top_k_first"),
-                                        seed_given=seed_given)
+                                        seed_given=seed_given, V=20)
 
 
 # ---- fuzzing: W ranks as threads of one process, with the collectives in shared memory
