@@ -27,10 +27,11 @@ decode step with NCCL collectives stays graph-capturable.  Bytes and rounds per 
 docs/design.md, "Tensor parallel"; ``scripts/tp_model.py`` models them against gathering
 the logits.
 
-The local steps run as PyTorch operations on the shard (each radix level is one read of
-it), but for the race's noise, which the kernel's noise launch draws where the backend
-resolves to Triton; building them on the kernel's chunked phases (a shard as a chunk
-that lives on another rank) is the next step, not done yet.
+Where the backend resolves to Triton, a plain call's local step is the kernel's
+(_shard_kernel: the split kernel's chunk race, a shard being chunks of a row that live on
+another rank, one read), and the filtered calls' noise is the kernel's noise launch; the
+filtered calls' other local steps are PyTorch operations on the shard (each radix level
+one read of it).
 """
 from __future__ import annotations
 
@@ -98,8 +99,8 @@ def _noise(a, n, vocab_start):
     kernel's (one launch of _noise_kernel) where the call's backend resolves to Triton,
     else the reference's (PyTorch: some 800 operations for the Philox rounds).  The two
     differ in the last bits, as the kernel's race and the reference's do."""
-    if resolve_backend(a.backend, a.logits.device) == "triton":
-        from .kernels import sampler      # imported late: TRITON_INTERPRET is read then
+    sampler = _kernel(a)
+    if sampler is not None:
         return sampler.gumbel_noise(a.seeds, a.offsets, max(n, 1), vocab_start)
     return gumbel_noise(a.seeds, a.offsets, max(n, 1), vocab_start)
 
@@ -253,12 +254,56 @@ def _greedy_index(x, m_raw, real, vocab_start):
     return torch.where(hit, pos, _NO_INDEX).amin(dim=1)
 
 
-def _plain(a, real, n, vocab_start, group, validate):
-    """(tokens, logprobs) of a call without filters, in one all-gather: besides the
-    shared columns (_exchange), each rank sends its race winner among its finite tokens
-    under its own max as the anchor, with the winner's logit and noise, so that every rank
-    recomputes the key under the row's max, and its normaliser relative to its max."""
-    greedy, inv_t, raw, x = _local(a, real)
+def _kernel(a):
+    """The kernel module where the call's backend resolves to Triton, else None."""
+    if resolve_backend(a.backend, a.logits.device) == "triton":
+        from .kernels import sampler      # imported late: TRITON_INTERPRET is read then
+        return sampler
+    return None
+
+
+def _plain(a, real, n, vocab_start, vocab_size, group, validate, return_logprobs):
+    """(tokens, logprobs) of a call without filters, in one all-gather of each shard's
+    summaries, laid out as _exchange's columns: besides the shared columns, each sends
+    its race winner among its finite tokens (index, logit, noise) and its normaliser
+    relative to an anchor of its own (its finite max), so that every rank recomputes the
+    winners' keys under one anchor and rescales the normalisers to it.
+
+    On the kernel's backends the shard's chunks make the summaries (_shard_kernel: the
+    split kernel's chunk race, each chunk proved on its own tokens, one read); on
+    "reference", PyTorch makes one for the whole shard (exact float64 keys)."""
+    greedy, inv_t = greedy_and_inv_t(a.temperature, a.batch, a.logits.device)
+    sampler = _kernel(a)
+    if sampler is not None:
+        chunks, block = sampler.shard_plan(a.batch, -(-vocab_size // dist.get_world_size(group)),
+                                           a.logits.device)
+        cols = sampler.shard_parts(a, vocab_start, n, chunks, block=block,
+                                   return_logprobs=return_logprobs)
+        if validate and not _args.capturing(a.logits):
+            cols[0, :, 1] = (torch.isnan(a.logits) & real).any(dim=1).double()
+    else:
+        cols = _plain_columns(a, real, n, vocab_start, inv_t)[None]
+    return _plain_result(*_exchange(a, cols, group, validate), greedy, inv_t)
+
+
+def _plain_result(e, m_raw, shared, greedy, inv_t):
+    """_plain's tokens and log-probs from every shard's summaries (_exchange's split)."""
+    # finite max: the shards' winners' keys under one anchor, ties to the lowest index
+    m = e[:, :, 0].amax(dim=0)
+    key = torch.where(e[:, :, 1] < _NO_INDEX,
+                      (e[:, :, 2] - m.double()) * inv_t.double() + e[:, :, 3], float("-inf"))
+    token = _winner(key, e[:, :, 1])
+    # log-probs: the winner's d over the normaliser, each shard's rescaled to the anchor
+    scale = torch.exp((e[:, :, 0].float() - m.float()) * inv_t).double()
+    total = torch.where(e[:, :, 4] > 0, e[:, :, 4] * scale, 0.0).sum(dim=0)
+    x_tok = torch.where(e[:, :, 1] == token, e[:, :, 2], float("-inf")).amax(dim=0)
+    logp = ((x_tok.float() - m.float()) * inv_t).double() - torch.log(total)
+    return _finish_rows(token, logp, greedy, m_raw, shared)
+
+
+def _plain_columns(a, real, n, vocab_start, inv_t):
+    """[B, _SHARED + 5] float64: _plain's summary of the whole shard, by PyTorch."""
+    raw, x = a.logits.float(), torch.where(real, clean(a.logits), float("-inf"))
     g = _noise(a, n, vocab_start).double()
     finite = (x > float("-inf")) & (x < float("inf"))
     anchor = torch.where(finite, x, float("-inf")).amax(dim=1, keepdim=True)
@@ -270,49 +315,48 @@ def _plain(a, real, n, vocab_start, group, validate):
     own = torch.stack([anchor[:, 0].double(),
                        torch.where(won, local[:, 0].double() + vocab_start, _NO_INDEX),
                        x.gather(1, local)[:, 0].double(), g.gather(1, local)[:, 0], z], dim=1)
-    e, m_raw, shared = _exchange(a, x, raw, g, real, vocab_start, own, group, validate)
-    # finite max: the shards' winners' keys under the row's max, ties to the lowest index
-    m = e[:, :, 0].amax(dim=0)
-    key = torch.where(e[:, :, 1] < _NO_INDEX,
-                      (e[:, :, 2] - m.double()) * inv_t.double() + e[:, :, 3], float("-inf"))
-    token = _winner(key, e[:, :, 1])
-    # log-probs: the winner's d over the normaliser, each shard's rescaled to the row max
-    scale = torch.exp((e[:, :, 0].float() - m.float()) * inv_t).double()
-    total = torch.where(e[:, :, 4] > 0, e[:, :, 4] * scale, 0.0).sum(dim=0)
-    x_tok = torch.where(e[:, :, 1] == token, e[:, :, 2], float("-inf")).amax(dim=0)
-    logp = ((x_tok.float() - m.float()) * inv_t).double() - torch.log(total)
-    return _finish_rows(token, logp, greedy, m_raw, shared)
+    return torch.cat([_shared_columns(x, raw, g, real, vocab_start), own], dim=1)
 
 
-_SHARED = 9      # the columns _exchange puts before each call's own
+_SHARED = 9      # the columns _shared_columns puts before each call's own
 
 
-def _exchange(a, x, raw, g, real, vocab_start, own, group, validate):
-    """The one all-gather of a plain or candidates call: every rank's [B, _SHARED]
-    shared columns (its max, NaN flag, lowest index of its max, and its share of the rows
-    the contract makes uniform whatever the filters: the best noise among its +inf tokens
-    and of all its tokens, with their indices, its +inf count and its token count), then
-    ``own`` [B, *] float64.  Raises on every rank when ``validate`` finds NaN, +inf or no
-    finite logit in a row.  Returns (own columns [W, B, *], row max [B], shared
-    columns [W, B, _SHARED]), in rank order on every rank."""
+def _shared_columns(x, raw, g, real, vocab_start):
+    """[B, _SHARED] float64: a shard's max, NaN flag, lowest index of its max, and its
+    share of the rows the contract makes uniform whatever the filters: the best noise
+    among its +inf tokens and of all its tokens, with their indices, its +inf count and
+    its token count."""
     def best(key):                                            # (key, global index)
         k = key.amax(dim=1)
         return [k, torch.where(k > float("-inf"), torch.argmax(key, dim=1).double() +
                                vocab_start, _NO_INDEX)]
     m_r = x.amax(dim=1, keepdim=True)
-    shared = [m_r[:, 0].double(), (torch.isnan(raw) & real).any(dim=1).double(),
-              _greedy_index(x, m_r, real, vocab_start),
-              *best(torch.where(x == float("inf"), g, float("-inf"))),
-              *best(torch.where(real, g, float("-inf"))),
-              (x == float("inf")).sum(dim=1).double(),
-              real.sum(dim=1).double().expand(x.shape[0])]
-    e = _gather(torch.cat([torch.stack(shared, dim=1), own], dim=1), group)
-    m_raw = e[:, :, 0].amax(dim=0)
+    return torch.stack([m_r[:, 0].double(), (torch.isnan(raw) & real).any(dim=1).double(),
+                        _greedy_index(x, m_r, real, vocab_start),
+                        *best(torch.where(x == float("inf"), g, float("-inf"))),
+                        *best(torch.where(real, g, float("-inf"))),
+                        (x == float("inf")).sum(dim=1).double(),
+                        real.sum(dim=1).double().expand(x.shape[0])], dim=1)
+
+
+def _exchange(a, cols, group, validate):
+    """The one all-gather of a plain or candidates call: every rank's summaries
+    [..., B, _SHARED + own] float64 (the shared columns, then the call's own), with the
+    same shape on every rank.  Raises on every rank when ``validate`` finds NaN, +inf or
+    no finite logit in a row.  Returns (own columns [P, B, *], row max [B], shared
+    columns [P, B, _SHARED]), P the summaries of all ranks, in rank order on every
+    rank."""
+    own, m_raw, shared = _split(_gather(cols, group).reshape(-1, *cols.shape[-2:]))
     if validate and not _args.capturing(a.logits):
-        _args.raise_bad_rows("logits", e[:, :, 1].amax(dim=0) > 0, "contain NaN")
+        _args.raise_bad_rows("logits", shared[:, :, 1].amax(dim=0) > 0, "contain NaN")
         _args.raise_bad_rows("logits", m_raw == float("inf"), "contain +inf")
         _args.raise_bad_rows("logits", m_raw == float("-inf"), "have no finite logit")
-    return e[:, :, _SHARED:], m_raw, e[:, :, :_SHARED]
+    return own, m_raw, shared
+
+
+def _split(e):
+    """(own columns, row max, shared columns) of the gathered summaries [P, B, *]."""
+    return e[:, :, _SHARED:], e[:, :, 0].amax(dim=0), e[:, :, :_SHARED]
 
 
 def _finish_rows(tokens, logp, greedy, m_raw, shared):
@@ -376,8 +420,8 @@ def _candidates(a, real, n, vocab_start, group, validate):
     own = torch.cat([c_x.double(), pad[0], c_idx, pad[1], c_g, pad[2],
                      torch.stack([kth.double(), tied.sum(dim=1).double(), tied_best,
                                   tied_idx], dim=1)], dim=1)
-    e, m_raw, shared = _exchange(a, x, raw, g.double(), real, vocab_start, own, group,
-                                 validate)
+    shared = _shared_columns(x, raw, g.double(), real, vocab_start)
+    e, m_raw, shared = _exchange(a, torch.cat([shared, own], dim=1), group, validate)
     W = e.shape[0]
     cand = e[:, :, :3 * k].reshape(W, B, 3, k).permute(1, 2, 0, 3).reshape(B, 3, W * k)
     X, I, G = cand[:, 0].float(), cand[:, 1], cand[:, 2]
@@ -451,10 +495,10 @@ def sample(local_logits, *, vocab_start, vocab_size, group=None, temperature=1.0
         As in :func:`fused_sampler.sample`; the logits checks (NaN, +inf, rows with no
         finite logit) hold for the whole rows, so every rank raises the same error.
     backend : {"auto", "triton", "reference"}
-        Where the race's noise comes from: the kernel's noise launch on "triton" (and on
-        "auto" for CUDA tensors, or CPU ones under TRITON_INTERPRET=1), PyTorch's
-        reference on "reference".  The other steps of the shard are PyTorch operations
-        on every backend for now.
+        "triton" (and "auto" for CUDA tensors, or CPU ones under TRITON_INTERPRET=1): a
+        call without filters runs its shard through the kernel (one read), a filtered
+        call takes its race's noise from the kernel's noise launch; "reference": PyTorch.
+        A filtered call's other local steps are PyTorch operations on every backend.
 
     Returns
     -------
@@ -467,7 +511,8 @@ def sample(local_logits, *, vocab_start, vocab_size, group=None, temperature=1.0
     if a.batch == 0:
         return a.empty_tokens(return_logprobs)
     if a.top_k is None and a.top_p is None and a.min_p is None:
-        return a.finish(*_plain(a, real, n, vocab_start, group, validate), return_logprobs)
+        return a.finish(*_plain(a, real, n, vocab_start, vocab_size, group, validate,
+                                return_logprobs), return_logprobs)
     if by_candidates(a.top_k, a.top_p is not None, a.order, vocab_size):
         return a.finish(*_candidates(a, real, n, vocab_start, group, validate),
                         return_logprobs)

@@ -492,11 +492,13 @@ def _race_step(x, w, inv_t, bias, c2, ub_v, m_v, z_v, LOGPROBS: tl.constexpr,
     """One tile of the race: each lane's largest cheap bound; with LOGPROBS, per group of
     four neighbouring lanes, the running max and the sum of exp((x - that max) / T),
     rescaled once per group and tile (a per-token online update costs three more
-    instructions a token).  The logits are raw: a NaN gives a NaN bound, which max
-    ignores (-0 and +0 give the same bound), and a NaN normaliser, which fails the
-    caller's finiteness check and sends the row to the exact path."""
+    instructions a token).  The logits are raw (-0 and +0 give the same bound).  A NaN
+    bound (a NaN logit; or +-inf at T = inf, where x / T is inf * 0) poisons its lane's
+    max (one max.NaN, as cheap as max), so that the caller's proof fails and the row
+    takes the exact path: ignored, it would hide a +inf logit (the row's only kept
+    tokens) at T = inf."""
     c = _noise_test(_cheap_key(x, w, inv_t, bias), w, NOISE_TEST)
-    ub_v = tl.maximum(ub_v, c)
+    ub_v = tl.maximum(ub_v, c, propagate_nan=tl.PropagateNan.ALL)
     if LOGPROBS:
         x4 = x.reshape([BLOCK // 4, 4])
         m_new = tl.maximum(m_v, tl.max(x4, 1))
@@ -1184,7 +1186,8 @@ def _race_range(row_ptr, lo, V, seed, off_lo, off_hi, inv_t, LOGPROBS: tl.conste
     c2 = _c2(inv_t)
     ub_v, m_v, z_v = _race_pass(row_ptr, lo, V, seed, off_lo, off_hi, inv_t,
                                 BIAS_2_32 - anchor * inv_t, c2, LOGPROBS, NOISE_TEST, BLOCK)
-    ub = tl.max(ub_v, 0)
+    # a lane poisoned by a NaN bound (_race_step) proves nothing: max reductions skip NaN
+    ub = tl.where(tl.max((ub_v != ub_v).to(tl.int32), 0) != 0, POS_INF, tl.max(ub_v, 0))
     token = tl.full([], 0, tl.int32)
     x_tok = tl.full([], NEG_INF, tl.float32)
     proved = tl.full([], False, tl.int1)
@@ -2187,6 +2190,168 @@ def _noise_kernel(seed_ptr, offset_ptr, out_ptr, start, n, BLOCK: tl.constexpr):
     tl.store(out_ptr + row * n + pos, g, mask=pos < n)
 
 
+# Vocabulary shards (fused_sampler.distributed): rank r holds tokens [start, start + n)
+# of every row.  A shard is cut into chunks exactly as a split row is, and each chunk
+# leaves a summary, as _split_kernel's PHASE 1 does; the summaries of every chunk of every
+# rank are gathered (one all-gather) and combined on each rank.  A chunk proves its race
+# on its own tokens, so its summary never sends the combine back to the logits: where
+# the proof fails, or the chunk holds +-inf or NaN, it runs the exact way over itself.
+
+SHARD_COLS = tl.constexpr(14)   # a shard chunk's summary (fused_sampler.distributed)
+NO_INDEX_F = tl.constexpr(float(2 ** 62))   # "no token" in a summary's index columns
+
+
+@_device
+def _exact_range(row_ptr, lo, hi, inv_t, seed, off_lo, off_hi, RARE_BLOCK: tl.constexpr):
+    """Tokens [lo, hi) of a row (any alignment: each token's own Philox words) the exact
+    way, twice read: (the largest finite logit m_f, the race's winner over the finite
+    tokens with exact keys under m_f: index, logit and noise, sum exp((x - m_f) / T) over
+    them (float64), the sanitised max, the number of +inf tokens, the best noise among
+    them and its index, the best noise among all tokens and its index).  No winner:
+    index NO_TOKEN and m_f = -inf."""
+    ones = tl.full([RARE_BLOCK], 1, tl.int32)
+    fin_v = tl.full([RARE_BLOCK], NEG_INF, tl.float32)
+    raw_v = tl.full([RARE_BLOCK], NEG_INF, tl.float32)
+    n_inf = tl.zeros([RARE_BLOCK], tl.int32)
+    inf_g = tl.full([RARE_BLOCK], NEG_INF, tl.float32)
+    inf_i = ones * NO_TOKEN
+    all_g = tl.full([RARE_BLOCK], NEG_INF, tl.float32)
+    all_i = ones * NO_TOKEN
+    for start in range(lo, hi, RARE_BLOCK):  # stream: shard exact maxima (tile RARE_BLOCK)
+        offs, x = _load_tile(row_ptr, start, hi, RARE_BLOCK, True)
+        ok = offs < hi
+        g = _gumbel(_token_words(seed, off_lo, off_hi, offs, 0),
+                    _token_words(seed, off_lo, off_hi, offs, 1))
+        raw_v = tl.maximum(raw_v, x)
+        fin_v = tl.maximum(fin_v, tl.where(x < POS_INF, x, NEG_INF))
+        is_inf = ok & (x == POS_INF)
+        n_inf += is_inf.to(tl.int32)
+        win = is_inf & (g > inf_g)          # tiles in index order: ties keep the first
+        inf_g = tl.where(win, g, inf_g)
+        inf_i = tl.where(win, offs, inf_i)
+        win = ok & (g > all_g)
+        all_g = tl.where(win, g, all_g)
+        all_i = tl.where(win, offs, all_i)
+    m_f = tl.max(fin_v, 0)
+    inv_t64 = inv_t.to(tl.float64)
+    c2 = _c2(inv_t)
+    best_k = tl.full([RARE_BLOCK], NEG_INF, tl.float64)
+    best_i = ones * NO_TOKEN
+    best_x = tl.full([RARE_BLOCK], NEG_INF, tl.float32)
+    best_g = tl.zeros([RARE_BLOCK], tl.float32)
+    z_v = tl.zeros([RARE_BLOCK], tl.float64)
+    if m_f > NEG_INF:
+        for start in range(lo, hi, RARE_BLOCK):  # stream: shard exact race (tile RARE_BLOCK)
+            offs, x = _load_tile(row_ptr, start, hi, RARE_BLOCK, True)
+            fin = (offs < hi) & (x > NEG_INF) & (x < POS_INF)
+            g = _gumbel(_token_words(seed, off_lo, off_hi, offs, 0),
+                        _token_words(seed, off_lo, off_hi, offs, 1))
+            k = tl.where(fin, _exact_key(x, m_f, inv_t64, g), NEG_INF)
+            win = k > best_k
+            best_k = tl.where(win, k, best_k)
+            best_i = tl.where(win, offs, best_i)
+            best_x = tl.where(win, x, best_x)
+            best_g = tl.where(win, g, best_g)
+            z_v += tl.where(fin, tl.exp2((x - m_f) * c2), 0.0).to(tl.float64)
+    k = tl.max(best_k, 0)
+    i = tl.min(tl.where(best_k == k, best_i, NO_TOKEN), 0)
+    at = best_i == i
+    g_inf = tl.max(inf_g, 0)
+    g_all = tl.max(all_g, 0)
+    return (m_f, i, tl.max(tl.where(at, best_x, NEG_INF), 0),
+            tl.max(tl.where(at, best_g, NEG_INF), 0), tl.sum(z_v, 0), tl.max(raw_v, 0),
+            tl.sum(n_inf, 0), g_inf, tl.min(tl.where(inf_g == g_inf, inf_i, NO_TOKEN), 0),
+            g_all, tl.min(tl.where(all_g == g_all, all_i, NO_TOKEN), 0))
+
+
+@triton.jit
+def _shard_kernel(
+    logits_ptr, stride_row, start, n, body_lo, chunk_len, B,
+    temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr, offset_val, parts_ptr,
+    TEMP_T: tl.constexpr, SEED_T: tl.constexpr, OFFSET_T: tl.constexpr,
+    LOGPROBS: tl.constexpr, BLOCK: tl.constexpr, RARE_BLOCK: tl.constexpr,
+    NOISE_TEST: tl.constexpr,
+):
+    """The summaries of a vocabulary shard's chunks, for rows with no filter: the shard
+    holds tokens [start, start + n) of each row (``logits_ptr`` points at token
+    ``start``).  Program (c, r), c < chunks: chunk c of the shard's body, whole tiles from
+    ``body_lo`` (the first multiple of 4 at or past ``start``, where the kernel's noise
+    tiles start); program (chunks, r): the head [start, body_lo), at most 3 tokens.
+
+    Each writes SHARD_COLS float64 to parts[c, r] (fused_sampler.distributed._plain
+    combines them): first the columns of the contract's odd rows, as _exchange lays them
+    out: the sanitised max (for a row that is not greedy, a finite stand-in below it
+    where the race proved: the winner's logit), a NaN flag (0: the caller sets it), the
+    lowest index of the max (greedy rows), the best noise among its +inf tokens and its
+    index, the best noise among all its tokens and its index, its
+    +inf count and its token count; then the race's: the anchor of its normaliser (its
+    finite max with LOGPROBS, else its winner's logit), its winner's global index (2^62:
+    none), logit and noise, and the normaliser relative to the anchor (LOGPROBS).  The
+    body's chunks stream once (the race, or a
+    greedy row's max); the exact way (_exact_range) reads a chunk twice more, only where
+    its race proves nothing or it holds +-inf or NaN."""
+    chunk = tl.program_id(0)
+    n_chunks = tl.num_programs(0) - 1
+    row = tl.program_id(1).to(tl.int64)
+    row_ptr = logits_ptr + row * stride_row - start        # indexed by global token index
+    end = start + n
+    head = chunk == n_chunks
+    lo = tl.where(head, start, tl.minimum(body_lo + chunk * chunk_len, end))
+    hi = tl.where(head, body_lo, tl.minimum(lo + chunk_len, end))
+    t = _param(temp_ptr, temp_val, row, TEMP_T, tl.float32)
+    seed = _param(seed_ptr, seed_val, row, SEED_T, tl.int64)
+    offset = _param(offset_ptr, offset_val, row, OFFSET_T, tl.int64)
+    off_lo, off_hi = _offset_halves(offset)
+    greedy = ~(t > 0.0)
+    inv_t = tl.math.div_rn(1.0, tl.where(greedy, 1.0, t))
+    none = tl.full([], NO_TOKEN, tl.int32)
+    m_c = tl.full([], NEG_INF, tl.float32)
+    i_c = none
+    x_c = m_c
+    g_c = tl.full([], 0.0, tl.float32)
+    z_c = tl.full([], 0.0, tl.float64)
+    m_r = m_c
+    i_r = none
+    n_inf = tl.full([], 0, tl.int32)
+    g_inf = m_c
+    i_inf = none
+    g_all = m_c
+    i_all = none
+    if greedy:
+        m_r, i_r = _greedy_pass(row_ptr, lo, hi, BLOCK)
+    else:
+        proved = head & ~head
+        if ~head:
+            ub, proved, i_c, x_c, m_c, z_c = _race_range(row_ptr, lo, hi, seed, off_lo,
+                                                         off_hi, inv_t, LOGPROBS,
+                                                         NOISE_TEST, BLOCK)
+            # (a NaN or +inf logit in the chunk has already failed the proof: _race_step)
+            if not LOGPROBS:
+                m_c = x_c
+            m_r = x_c
+            g_c = _gumbel(_token_words(seed, off_lo, off_hi, i_c, 0),
+                          _token_words(seed, off_lo, off_hi, i_c, 1))
+        if ~proved:  # rare: the head (3 tokens at most), or a chunk whose race proved nothing
+            m_c, i_c, x_c, g_c, z_c, m_r, n_inf, g_inf, i_inf, g_all, i_all = \
+                _exact_range(row_ptr, lo, hi, inv_t, seed, off_lo, off_hi, RARE_BLOCK)
+    some = i_c != NO_TOKEN
+    out = parts_ptr + (chunk * B + row) * SHARD_COLS
+    tl.store(out, m_r.to(tl.float64))
+    tl.store(out + 1, 0.0)
+    tl.store(out + 2, tl.where(i_r != NO_TOKEN, i_r.to(tl.float64), NO_INDEX_F))
+    tl.store(out + 3, g_inf.to(tl.float64))
+    tl.store(out + 4, tl.where(i_inf != NO_TOKEN, i_inf.to(tl.float64), NO_INDEX_F))
+    tl.store(out + 5, g_all.to(tl.float64))
+    tl.store(out + 6, tl.where(i_all != NO_TOKEN, i_all.to(tl.float64), NO_INDEX_F))
+    tl.store(out + 7, n_inf.to(tl.float64))
+    tl.store(out + 8, (hi - lo).to(tl.float64))
+    tl.store(out + 9, m_c.to(tl.float64))
+    tl.store(out + 10, tl.where(some, i_c.to(tl.float64), NO_INDEX_F))
+    tl.store(out + 11, x_c.to(tl.float64))
+    tl.store(out + 12, tl.where(some, g_c.to(tl.float64), 0.0))
+    tl.store(out + 13, z_c)
+
+
 # ----------------------------------------------------------------------------- launcher
 
 DEFAULT_BIN_BITS = 10
@@ -2472,3 +2637,51 @@ def gumbel_noise(seeds: torch.Tensor, offsets: torch.Tensor, n: int, start: int 
     if out.numel():
         _noise_kernel[grid](*args, **kwargs)
     return out
+
+
+def shard_kernel_args(a, start: int, n: int, chunks: int, *, return_logprobs: bool = True,
+                      block: int = None, noise_test: int = 0):
+    """The launch of _shard_kernel for a checked call on a vocabulary shard of ``n``
+    tokens from global index ``start`` (``a.logits``: [B, n], or a stand-in column when
+    n = 0, never read): (grid, args, constexprs and options, the float64 [chunks + 1, B,
+    SHARD_COLS] summaries).  The shard's body is cut into ``chunks`` chunks of whole
+    tiles (the same number on every rank, so that the summaries gather: shard_chunks)."""
+    x = a.logits
+    B = x.shape[0]
+    body_lo = min(start + (-start) % 4, start + n)
+    block = block or _sizes_for(max(n, 1))[0]
+    s = chunks
+    tiles = -(-(start + n - body_lo) // block)
+    chunk_len = max(-(-tiles // s), 1) * block
+    dummy = torch.empty(1, dtype=torch.int64, device=x.device)
+    temp_ptr, temp_val, temp_t = _scalar_or_tensor(a.temperature, torch.float32, dummy)
+    seed_ptr, seed_val, seed_t = _scalar_or_tensor(a.seed, torch.int64, dummy)
+    off_ptr, off_val, off_t = _scalar_or_tensor(a.offset, torch.int64, dummy)
+    parts = torch.empty(s + 1, B, SHARD_COLS.value, dtype=torch.float64, device=x.device)
+    args = (x, x.stride(0), start, n, body_lo, chunk_len, B, temp_ptr, temp_val, seed_ptr,
+            seed_val, off_ptr, off_val, parts)
+    consts = dict(TEMP_T=temp_t, SEED_T=seed_t, OFFSET_T=off_t, LOGPROBS=return_logprobs,
+                  BLOCK=block, RARE_BLOCK=min(RARE_TILE, block), NOISE_TEST=noise_test,
+                  num_warps=max(4, min(16, block // 256)), enable_fp_fusion=False)
+    return (s + 1, B), args, consts, parts
+
+
+def shard_plan(B: int, width: int, device: torch.device, programs: int = None):
+    """(chunks per shard, tile width or None for the shard's own) for a batch of B rows
+    sharded ``width`` tokens wide (the widest shard, so that every rank cuts alike): as
+    split_plan cuts a row of that width (``programs`` as there); one chunk where it
+    would not split."""
+    plan = split_plan(B, width, device, False, programs=programs)
+    return plan if plan is not None else (1, None)
+
+
+def shard_parts(a, start: int, n: int, chunks: int, *, return_logprobs: bool = True,
+                block: int = None, noise_test: int = 0):
+    """float64 [chunks + 1, B, SHARD_COLS] summaries of a vocabulary shard's chunks, for
+    rows with no filter (_shard_kernel; arguments as in :func:`shard_kernel_args`)."""
+    grid, args, kwargs, parts = shard_kernel_args(
+        a, start, n, chunks, return_logprobs=return_logprobs, block=block,
+        noise_test=noise_test)
+    if a.batch:
+        _shard_kernel[grid](*args, **kwargs)
+    return parts

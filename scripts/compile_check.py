@@ -11,7 +11,7 @@ The specialisation is the one a real launch gets: Triton's own binder reads the 
 GPU runs (128-bit loads where a launch would get them).
 
     python scripts/compile_check.py             # every filter / mode combination
-    python scripts/compile_check.py --quick     # nine: all filters drawing and writing
+    python scripts/compile_check.py --quick     # ten: all filters drawing and writing
                                                 # probs, plain, min-p alone; split rows
                                                 # plain, top-p alone's launch 1, and all
                                                 # filters' launches 1, 3
@@ -59,6 +59,11 @@ def compile_call(a, probs_mode, arch, ptxas_log=False, **launch):
     if launch.get("noise"):           # the race's noise for a vocabulary shard
         _, args, kwargs, _ = sampler.noise_kernel_args(a.seeds, a.offsets, 5000, 123)
         fn = sampler._noise_kernel
+    elif launch.get("shard"):         # a vocabulary shard's chunk summaries
+        start = launch["shard"] if launch["shard"] is not True else 130   # a head too
+        _, args, kwargs, _ = sampler.shard_kernel_args(
+            a, start, a.logits.shape[1], 8, return_logprobs=launch.get("return_logprobs", True))
+        fn = sampler._shard_kernel
     elif launch.get("chunks"):        # rows split over programs (small batches)
         _, args, kwargs, _ = sampler.split_kernel_args(a, **launch)
         fn = sampler._split_kernel
@@ -123,8 +128,12 @@ def calls(quick):
             continue
         yield f"split rows, launch {phase}: k=1 p=1 min_p=1 sample, top-k tensor", a, False, \
             dict(chunks=32, phase=phase)
-    # the noise launch of fused_sampler.distributed
+    # fused_sampler.distributed: the noise launch, and a plain shard's chunk summaries
     yield "noise of a vocabulary shard", a, False, dict(noise=True)
+    a = _args.check(x, rows(0.7, torch.float32), None, None, None, "top_k_first",
+                    seed=seeds, validate=False)
+    yield "chunk summaries of a vocabulary shard: plain, temperature tensor", a, False, \
+        dict(shard=True)
     if not quick:
         a = _args.check(torch.zeros(B, 100), 1.0, 5, 0.9, None, "top_k_first", seed=0,
                         validate=False)

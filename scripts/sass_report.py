@@ -43,6 +43,7 @@ from fused_sampler import _args  # noqa: E402
 from fused_sampler.kernels import sampler  # noqa: E402
 
 V_REPORT = 128256
+SHARD_START = 16032          # a shard's first token (V / 8): a multiple of 16, as is usual
 MAX_REGISTERS = 128          # a 16-warp program fits half an SM's register file
 # Instructions per element a streaming loop may issue while HBM delivers the element: an
 # H200 issues 28 per fp32 logit (14 per bf16 / fp16 logit); an H100 40 (20).  --check
@@ -64,6 +65,7 @@ class Spec:
     logprobs: bool = False
     typical: tuple = ("first",)
     split: tuple = ()         # rows split over programs: (chunks, block, launch phase)
+    shard: bool = False       # a vocabulary shard's chunk summaries (fs.distributed)
 
 
 _T07 = dict(temperature=0.7)
@@ -103,6 +105,9 @@ SPECS = (
     Spec("split all filters+logprobs fp32, launch 1",
          dict(_T07, top_k=50, top_p=0.9, min_p=0.02), logprobs=True, typical=("first",),
          split=(32, 4096, 1)),
+    # tensor parallel (issue 13): a plain shard's chunk summaries (_shard_kernel)
+    Spec("shard plain bf16", {}, torch.bfloat16, typical=("race",), shard=True),
+    Spec("shard plain+logprobs fp32", {}, logprobs=True, typical=("race",), shard=True),
 )
 # --quick (CI): the plain loop (held to its own budget) and at its widest, every filtered
 # loop with the most live state, and the write pass; split rows' plain race and pass 1
@@ -423,8 +428,13 @@ def analyse(spec: Spec, arch=90):
     if spec.split:
         chunks, block, phase = spec.split
         launch.update(chunks=chunks, block=block, phase=phase)
+    if spec.shard:
+        launch.update(shard=SHARD_START)
     kernel, log = compile_check.compile_call(a, spec.probs, arch, ptxas_log=True, **launch)
-    if spec.split:
+    if spec.shard:
+        _, _, kwargs, _ = sampler.shard_kernel_args(a, SHARD_START, V_REPORT, 8,
+                                                    return_logprobs=spec.logprobs)
+    elif spec.split:
         _, _, kwargs, _ = sampler.split_kernel_args(a, **launch)
     else:
         _, _, kwargs, _ = sampler.kernel_args(a, spec.probs, **launch)
@@ -439,7 +449,7 @@ def analyse(spec: Spec, arch=90):
                 peak_live=peak, peak_lines=peak_lines[:12],
                 **ptxas_numbers(log), loops=[dataclasses.asdict(l) for l in found],
                 typical=list(spec.typical), itemsize=spec.dtype.itemsize,
-                logprobs=spec.logprobs, split=list(spec.split))
+                logprobs=spec.logprobs, split=list(spec.split), shard=spec.shard)
 
 
 def hbm_budget(gpu, itemsize):
@@ -455,7 +465,7 @@ def problems(result):
     if result["spill_stores"] or result["spill_loads"] or result["stack"]:
         out.append(f"spills: {result['spill_stores']} B stored, {result['spill_loads']} B "
                    f"loaded, {result['stack']} B stack")
-    plain = result["spec"].startswith(("plain ", "split plain "))
+    plain = result["spec"].startswith(("plain ", "split plain ", "shard plain "))
     for loop in result["loops"]:
         budget = BUDGET_PLAIN if plain and loop["stream"] == "race" else BUDGET_STREAM
         if loop["per_element"] > budget:
@@ -540,7 +550,7 @@ def print_tables(results):
         print("|" + " --- |" * 8)
         for r in results:
             ipe = per_pass(r)
-            if r["split"] or not all(p in ipe for p in r["typical"]):
+            if r["split"] or r.get("shard") or not all(p in ipe for p in r["typical"]):
                 continue
             passes = [ipe[p] for p in r["typical"]]
             cells = []

@@ -25,20 +25,25 @@ from fused_sampler.distributed import _SHARED as SHARED  # noqa: E402
 LINK_GBPS = 450.0        # NVLink, one direction, per H100 (NVLink 4: 900 GB/s both ways)
 LATENCY_US = 10.0        # one small NCCL collective, launch to completion (assumed)
 HBM_GBPS = 3000.0        # one rank's reads of its logits (H100 SXM, ~3 TB/s achieved)
+H100_SMS = 132
 ITEMSIZE = {"float32": 4, "bfloat16": 2}
 BINS = 1 << RADIX_BITS
 
 
 def collectives(B, top_k=False, top_p=False, min_p=False, order="top_k_first",
-                seed_given=True, V=128256):
+                seed_given=True, V=128256, summaries=None):
     """[(op, payload bytes)] of one sample call, in order: op is "all_reduce",
     "all_gather" (payload: one rank's part) or "broadcast".  ``top_k``: False, an int
-    (a scalar top-k) or True (a per-row tensor)."""
+    (a scalar top-k) or True (a per-row tensor).  ``summaries``: how many a rank sends
+    for a plain call (the kernel's: its shard's chunks and head; the reference backend
+    sends 1); by default the kernel's on an H100 (plain_summaries)."""
     out = []
     if not seed_given:
         out.append(("broadcast", 8 * B))
     if not (top_k or top_p or min_p):                        # plain: one exchange
-        return out + [("all_gather", 8 * (SHARED + 5) * B)]  # maxima, winners, normaliser
+        if summaries is None:
+            summaries = plain_summaries(B, V, 1)
+        return out + [("all_gather", 8 * (SHARED + 5) * B * summaries)]  # maxima, winners
     if by_candidates(top_k, top_p, order, V):                # k candidates and their ties
         return out + [("all_gather", 8 * (SHARED + 3 * top_k + 4) * B)]
     out.append(("all_reduce", 4 * 3 * B))                    # max and the odd-row flags
@@ -50,6 +55,15 @@ def collectives(B, top_k=False, top_p=False, min_p=False, order="top_k_first",
         out += [("all_reduce", 8 * BINS * B * hists)] * LEVELS
     out.append(("all_gather", 8 * 5 * B))                    # winners, masses, greedy
     return out
+
+
+def plain_summaries(B, V, W, programs=2 * H100_SMS):
+    """Summaries a rank sends for a plain call on the kernel's backend: its shard's
+    chunks, as the kernel cuts a shard V / W wide on a GPU of ``programs`` programs,
+    and its head (fused_sampler.kernels.sampler.shard_plan)."""
+    import torch
+    from fused_sampler.kernels.sampler import shard_plan
+    return shard_plan(B, -(-V // W), torch.device("cuda"), programs=programs)[0] + 1
 
 
 def ring_bytes(op, payload, W):
@@ -75,7 +89,7 @@ def local_reads(top_k=False, top_p=False, min_p=False, order="top_k_first", V=12
 
 
 def sharded(B, V, W, dtype, **filters):
-    colls = collectives(B, V=V, **filters)
+    colls = collectives(B, V=V, summaries=plain_summaries(B, V, W), **filters)
     sent = sum(ring_bytes(op, n, W) for op, n in colls)
     t = len(colls) * LATENCY_US + sent / (LINK_GBPS * 1e3)
     reads = local_reads(V=V, **filters)

@@ -352,3 +352,24 @@ def test_infinite_temperature_is_uniform_over_finite_logits_1e30_apart(chunks):
                                                    seed=torch.arange(8), validate=False))
     assert set(tokens.tolist()) <= {0, 1, 3, 4}
     torch.testing.assert_close(logprobs, torch.full((8,), math.log(0.25)), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("chunks", [0, 3], ids=["per_row", "split"])
+@pytest.mark.parametrize("return_logprobs", [False, True], ids=["tokens", "logprobs"])
+def test_infinite_temperature_row_holding_inf_draws_its_inf_tokens(chunks, return_logprobs):
+    """A row holding +inf draws among its +inf tokens at any temperature, T = inf too
+    (validate=False).  At T = inf the race's bound of a +inf logit is inf * 0 = NaN, which
+    a plain max skips: without log-probs the race proved a winner among the finite
+    tokens (found building the shard summaries); the lane max now keeps the NaN, and the
+    row takes the exact way."""
+    x = torch.randn(8, 300, generator=torch.Generator().manual_seed(0))
+    x[:, 40] = float("inf")
+    x[:, 250] = float("inf")
+    x[1, 7] = float("-inf")
+    a = _args.check(x, float("inf"), None, None, None, "top_k_first",
+                    seed=torch.arange(8), offset=0, validate=False)
+    tokens, _ = sampler.sample(a, return_logprobs=return_logprobs, chunks=chunks)
+    want = fs.reference.sample(x, temperature=float("inf"), seed=torch.arange(8),
+                               validate=False)
+    assert torch.equal(tokens, want)
+    assert set(tokens.tolist()) == {40, 250}
