@@ -2174,19 +2174,27 @@ def _split_kernel(
 
 
 @triton.jit
-def _noise_kernel(seed_ptr, offset_ptr, out_ptr, start, n, BLOCK: tl.constexpr):
+def _noise_kernel(seed_ptr, offset_ptr, out_ptr, start, n, BLOCK: tl.constexpr,
+                  ALIGNED: tl.constexpr):
     """The race's Gumbel noise of tokens ``start`` to ``start + n - 1`` of each row, as
-    float32 [B, n]: the kernel's own noise (_token_words, _gumbel), for the shard of a
-    vocabulary split over ranks (fused_sampler.distributed).  Program (t, r): BLOCK
-    tokens of row r; 4 bytes written a token."""
+    float32 [B, n]: the kernel's own noise (_gumbel of the tokens' Philox words), for the
+    shard of a vocabulary split over ranks (fused_sampler.distributed).  Program (t, r):
+    BLOCK tokens of row r; 4 bytes written a token.  ALIGNED (``start`` a multiple of 4,
+    as shards usually start): one Philox call per four tokens and stream, as the race's
+    tiles (_tile_words); else one per token (_token_words)."""
     row = tl.program_id(1).to(tl.int64)
-    pos = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    first = tl.program_id(0) * BLOCK
+    pos = first + tl.arange(0, BLOCK)
     seed = tl.load(seed_ptr + row)
     offset = tl.load(offset_ptr + row)
     off_lo, off_hi = _offset_halves(offset)
-    idx = start + pos
-    g = _gumbel(_token_words(seed, off_lo, off_hi, idx, 0),
-                _token_words(seed, off_lo, off_hi, idx, 1))
+    if ALIGNED:
+        g = _gumbel(_tile_words(seed, off_lo, off_hi, start + first, 0, BLOCK),
+                    _tile_words(seed, off_lo, off_hi, start + first, 1, BLOCK))
+    else:
+        idx = start + pos
+        g = _gumbel(_token_words(seed, off_lo, off_hi, idx, 0),
+                    _token_words(seed, off_lo, off_hi, idx, 1))
     tl.store(out_ptr + row * n + pos, g, mask=pos < n)
 
 
@@ -2626,7 +2634,8 @@ def noise_kernel_args(seeds: torch.Tensor, offsets: torch.Tensor, n: int, start:
     B = seeds.shape[0]
     out = torch.empty(B, n, dtype=torch.float32, device=seeds.device)
     return ((triton.cdiv(n, NOISE_BLOCK), B), (seeds.contiguous(), offsets.contiguous(), out,
-            start, n), dict(BLOCK=NOISE_BLOCK, num_warps=4, enable_fp_fusion=False), out)
+            start, n), dict(BLOCK=NOISE_BLOCK, ALIGNED=start % 4 == 0, num_warps=4,
+                            enable_fp_fusion=False), out)
 
 
 def gumbel_noise(seeds: torch.Tensor, offsets: torch.Tensor, n: int, start: int = 0):
