@@ -160,3 +160,36 @@ def test_distributed_same_tokens_on_gpu_with_nccl_and_no_sync(tmp_path):
                 torch.cuda.set_sync_debug_mode(0)
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("B", [1, 64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_shard_summaries_on_gpu_give_the_whole_rows_tokens(B, dtype):
+    """The compiled shard kernel (fs.distributed's plain step) on 8 shards of V = 128256,
+    cut at multiples of 16032 and at odd places (heads), chunked as a GPU cuts them
+    (shard_plan: 16 chunks a shard at B = 1): the summaries, concatenated as the
+    all-gather does, give the reference's tokens on CPU and its log-probs."""
+    from fused_sampler import distributed as fsd
+    from fused_sampler.kernels import sampler
+    V, W = 128256, 8
+    g = torch.Generator().manual_seed(B)
+    logits = (torch.randn(B, V, generator=g) * 3).to(dtype)
+    temperature = torch.linspace(0.0, 1.5, B) if B > 1 else 0.8
+    seeds = torch.arange(B) * 3 + 1
+    want, want_logp = reference.sample(logits, temperature=temperature, seed=seeds,
+                                       offset=2, return_logprobs=True)
+    for cuts in ([V // W * r for r in range(W)] + [V],
+                 [0, 1, 16035, 40001, 64130, 80000, 99999, 128250, V]):
+        parts = []
+        for r in range(W):
+            local = logits[:, cuts[r]:cuts[r + 1]].cuda()
+            a, real, n = fsd._check(local, cuts[r], V, None, temperature if B == 1 else
+                                    temperature.cuda(), None, None, None, "top_k_first",
+                                    seeds.cuda(), 2, None, "triton", False)
+            chunks, block = sampler.shard_plan(B, -(-V // W), local.device)
+            parts.append(sampler.shard_parts(a, cuts[r], n, chunks, block=block))
+        greedy, inv_t = reference.greedy_and_inv_t(
+            temperature if B == 1 else temperature.cuda(), B, local.device)
+        tokens, logp = fsd._plain_result(*fsd._split(torch.cat(parts)), greedy, inv_t)
+        assert torch.equal(tokens.cpu(), want), cuts
+        torch.testing.assert_close(logp.float().cpu(), want_logp, rtol=1e-5, atol=1e-5)
