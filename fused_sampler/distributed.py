@@ -275,8 +275,8 @@ def _plain(a, real, n, vocab_start, vocab_size, group, validate, return_logprobs
     greedy, inv_t = greedy_and_inv_t(a.temperature, a.batch, a.logits.device)
     sampler = _kernel(a)
     if sampler is not None:
-        chunks, block = sampler.shard_plan(a.batch, -(-vocab_size // dist.get_world_size(group)),
-                                           a.logits.device)
+        widest = -(-vocab_size // dist.get_world_size(group))    # every rank cuts alike
+        chunks, block = sampler.shard_plan(a.batch, widest, a.logits.device)
         cols = sampler.shard_parts(a, vocab_start, n, chunks, block=block,
                                    return_logprobs=return_logprobs)
         if validate and not _args.capturing(a.logits):

@@ -62,7 +62,8 @@ def compile_call(a, probs_mode, arch, ptxas_log=False, **launch):
     elif launch.get("shard"):         # a vocabulary shard's chunk summaries
         start = launch["shard"] if launch["shard"] is not True else 130   # a head too
         _, args, kwargs, _ = sampler.shard_kernel_args(
-            a, start, a.logits.shape[1], 8, return_logprobs=launch.get("return_logprobs", True))
+            a, start, a.logits.shape[1], 8,
+            return_logprobs=launch.get("return_logprobs", True))
         fn = sampler._shard_kernel
     elif launch.get("chunks"):        # rows split over programs (small batches)
         _, args, kwargs, _ = sampler.split_kernel_args(a, **launch)

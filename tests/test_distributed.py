@@ -372,3 +372,39 @@ def test_shard_chunk_summaries_combine_to_the_unsharded_token(noise_test, V, wor
     assert torch.equal(tokens, want), (cuts, tokens, want)
     if logprobs:
         torch.testing.assert_close(logp.float(), want_logp, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(call=test_fuzz.calls(vocabs=[1, 2, 3, 7, 16, 17, 64, 129], max_batch=4),
+       world=st.integers(1, 4), cut_seed=st.integers(0, 2 ** 20),
+       chunks=st.integers(1, 4), block=st.sampled_from([16, 32]),
+       logprobs=st.booleans())
+def test_shard_kernel_agrees_with_the_reference_on_fuzzed_plain_calls(call, world, cut_seed,
+                                                                     chunks, block, logprobs):
+    """The fuzz campaign's calls without their filters (odd values, layouts, dtypes, every
+    temperature edge, per-row tensors with out-of-range values), sharded at random cuts
+    through the kernel's shard summaries (in the interpreter, one rank after another):
+    the reference's tokens, and where finite its log-probs."""
+    from fused_sampler.kernels import sampler
+    x, params, _ = call
+    B, V = x.shape
+    t = params["temperature"]
+    g = torch.Generator().manual_seed(cut_seed)
+    cuts = [0, *sorted(torch.randint(0, V + 1, (world - 1,), generator=g).tolist()), V]
+    seeds = torch.arange(B) * 3 + 1
+    parts = []
+    for r in range(world):
+        a, real, n = fsd._check(x[:, cuts[r]:cuts[r + 1]], cuts[r], V, None, t, None, None,
+                                None, "top_k_first", seeds, 5, None, "triton", False)
+        parts.append(sampler.shard_parts(a, cuts[r], n, chunks, block=block,
+                                         return_logprobs=logprobs))
+    greedy, inv_t = fs.reference.greedy_and_inv_t(a.temperature, B, x.device)
+    tokens, logp = fsd._plain_result(*fsd._split(torch.cat(parts)), greedy, inv_t)
+    want, want_logp = fs.reference.sample(x, temperature=t, seed=seeds, offset=5,
+                                          validate=False, return_logprobs=True)
+    assert torch.equal(tokens, want), (cuts, tokens, want)
+    if logprobs:
+        finite = torch.isfinite(want_logp)
+        torch.testing.assert_close(logp.float()[finite], want_logp[finite], rtol=1e-5,
+                                   atol=1e-5)
