@@ -270,9 +270,9 @@ def _plain(a, real, n, vocab_start, vocab_size, group, validate, return_logprobs
     winners' keys under one anchor and rescales the normalisers to it.
 
     On the kernel's backends the shard's chunks make the summaries (_shard_kernel: the
-    split kernel's chunk race, each chunk proved on its own tokens, one read); on
-    "reference", PyTorch makes one for the whole shard (exact float64 keys)."""
-    greedy, inv_t = greedy_and_inv_t(a.temperature, a.batch, a.logits.device)
+    split kernel's chunk race, each chunk proved on its own tokens, one read) and one
+    launch combines them (_combine_shards_kernel); on "reference", PyTorch makes one
+    for the whole shard (exact float64 keys) and combines them (_plain_result)."""
     sampler = _kernel(a)
     if sampler is not None:
         widest = -(-vocab_size // dist.get_world_size(group))    # every rank cuts alike
@@ -281,13 +281,15 @@ def _plain(a, real, n, vocab_start, vocab_size, group, validate, return_logprobs
                                    return_logprobs=return_logprobs)
         if validate and not _args.capturing(a.logits):
             cols[0, :, 1] = (torch.isnan(a.logits) & real).any(dim=1).double()
-    else:
-        cols = _plain_columns(a, real, n, vocab_start, inv_t)[None]
-    return _plain_result(*_exchange(a, cols, group, validate), greedy, inv_t)
+        return sampler.combine_shards(a, _exchange(a, cols, group, validate))
+    greedy, inv_t = greedy_and_inv_t(a.temperature, a.batch, a.logits.device)
+    cols = _plain_columns(a, real, n, vocab_start, inv_t)[None]
+    return _plain_result(*_split(_exchange(a, cols, group, validate)), greedy, inv_t)
 
 
 def _plain_result(e, m_raw, shared, greedy, inv_t):
-    """_plain's tokens and log-probs from every shard's summaries (_exchange's split)."""
+    """_plain's tokens and log-probs from every shard's summaries (split by _split), in
+    PyTorch operations: the arithmetic of the kernel's _combine_shards_kernel."""
     # finite max: the shards' winners' keys under one anchor, ties to the lowest index
     m = e[:, :, 0].amax(dim=0)
     key = torch.where(e[:, :, 1] < _NO_INDEX,
@@ -343,15 +345,15 @@ def _exchange(a, cols, group, validate):
     """The one all-gather of a plain or candidates call: every rank's summaries
     [..., B, _SHARED + own] float64 (the shared columns, then the call's own), with the
     same shape on every rank.  Raises on every rank when ``validate`` finds NaN, +inf or
-    no finite logit in a row.  Returns (own columns [P, B, *], row max [B], shared
-    columns [P, B, _SHARED]), P the summaries of all ranks, in rank order on every
-    rank."""
-    own, m_raw, shared = _split(_gather(cols, group).reshape(-1, *cols.shape[-2:]))
+    no finite logit in a row.  Returns the summaries of all ranks [P, B, *], in rank
+    order on every rank."""
+    e = _gather(cols, group).reshape(-1, *cols.shape[-2:])
     if validate and not _args.capturing(a.logits):
+        own, m_raw, shared = _split(e)
         _args.raise_bad_rows("logits", shared[:, :, 1].amax(dim=0) > 0, "contain NaN")
         _args.raise_bad_rows("logits", m_raw == float("inf"), "contain +inf")
         _args.raise_bad_rows("logits", m_raw == float("-inf"), "have no finite logit")
-    return own, m_raw, shared
+    return e
 
 
 def _split(e):
@@ -421,7 +423,8 @@ def _candidates(a, real, n, vocab_start, group, validate):
                      torch.stack([kth.double(), tied.sum(dim=1).double(), tied_best,
                                   tied_idx], dim=1)], dim=1)
     shared = _shared_columns(x, raw, g.double(), real, vocab_start)
-    e, m_raw, shared = _exchange(a, torch.cat([shared, own], dim=1), group, validate)
+    e, m_raw, shared = _split(_exchange(a, torch.cat([shared, own], dim=1), group,
+                                        validate))
     W = e.shape[0]
     cand = e[:, :, :3 * k].reshape(W, B, 3, k).permute(1, 2, 0, 3).reshape(B, 3, W * k)
     X, I, G = cand[:, 0].float(), cand[:, 1], cand[:, 2]

@@ -2360,6 +2360,89 @@ def _shard_kernel(
     tl.store(out + 13, z_c)
 
 
+@_device
+def _col(at, j, ok):
+    """Column j of the summaries at ``at`` (0 where not ok)."""
+    return tl.load(at + j, mask=ok, other=0.0)
+
+
+@_device
+def _best_of(best_k, best_i, k, i, ok):
+    """The running (key, index) winner after one block of candidates: the largest key,
+    ties to the lowest index (float64 indices; 2^62: none)."""
+    k = tl.where(ok, k, NEG_INF)
+    k_blk = tl.max(k, 0)
+    i_blk = tl.min(tl.where(ok & (k == k_blk), i, NO_INDEX_F), 0)
+    win = (k_blk > best_k) | ((k_blk == best_k) & (i_blk < best_i))
+    return tl.where(win, k_blk, best_k), tl.where(win, i_blk, best_i)
+
+
+@triton.jit
+def _combine_shards_kernel(parts_ptr, P, B, temp_ptr, temp_val, tokens_ptr, logprobs_ptr,
+                           TEMP_T: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Row r's token and log-prob from the P gathered summaries of a plain call's shard
+    chunks (parts [P, B, SHARD_COLS], all ranks' in rank order): one program a row, the
+    summaries read twice (the maxima, then the winners and sums).  The same arithmetic as
+    fused_sampler.distributed._plain_result and _finish_rows, which the reference
+    backend runs as PyTorch operations: the winners' float64 keys under the largest
+    anchor, ties to the lowest index; the normalisers rescaled to it; a row holding +inf
+    draws among its +inf tokens and one with no finite logit among all, by the best
+    noise; a greedy row takes the lowest index of its max."""
+    row = tl.program_id(0).to(tl.int64)
+    t = _param(temp_ptr, temp_val, row, TEMP_T, tl.float32)
+    greedy = ~(t > 0.0)
+    inv_t = tl.math.div_rn(1.0, tl.where(greedy, 1.0, t))
+    m_raw = tl.full([], NEG_INF, tl.float64)
+    m = tl.full([], NEG_INF, tl.float64)
+    for p0 in range(0, P, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        at = parts_ptr + (p * B + row) * SHARD_COLS
+        m_raw = tl.maximum(m_raw, tl.max(tl.load(at, mask=p < P, other=NEG_INF), 0))
+        m = tl.maximum(m, tl.max(tl.load(at + 9, mask=p < P, other=NEG_INF), 0))
+    inv_t64 = inv_t.to(tl.float64)
+    m32 = m.to(tl.float32)
+    none_k = tl.full([], NEG_INF, tl.float64)
+    none_i = tl.full([], NO_INDEX_F, tl.float64)
+    race_k, race_i, inf_k, inf_i, all_k, all_i = none_k, none_i, none_k, none_i, none_k, none_i
+    x_tok = tl.full([], NEG_INF, tl.float64)
+    arg = none_i
+    total = tl.full([], 0.0, tl.float64)
+    n_inf = tl.full([], 0.0, tl.float64)
+    n_all = tl.full([], 0.0, tl.float64)
+    for p0 in range(0, P, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        ok = p < P
+        at = parts_ptr + (p * B + row) * SHARD_COLS
+        idx = _col(at, 10, ok)
+        key = tl.where(idx < NO_INDEX_F, (_col(at, 11, ok) - m) * inv_t64 + _col(at, 12, ok),
+                       NEG_INF)
+        race_k, race_i = _best_of(race_k, race_i, key, idx, ok)
+        scale = tl.exp((_col(at, 9, ok).to(tl.float32) - m32) * inv_t).to(tl.float64)
+        z = _col(at, 13, ok)
+        total += tl.sum(tl.where(ok & (z > 0.0), z * scale, 0.0), 0)
+        inf_k, inf_i = _best_of(inf_k, inf_i, _col(at, 3, ok), _col(at, 4, ok), ok)
+        all_k, all_i = _best_of(all_k, all_i, _col(at, 5, ok), _col(at, 6, ok), ok)
+        arg = tl.minimum(arg, tl.min(tl.where(ok & (_col(at, 0, ok) == m_raw), _col(at, 2, ok),
+                                              NO_INDEX_F), 0))
+        n_inf += tl.sum(_col(at, 7, ok), 0)
+        n_all += tl.sum(_col(at, 8, ok), 0)
+    for p0 in range(0, P, BLOCK_P):      # the winner's logit (its summary's, a few reads)
+        p = p0 + tl.arange(0, BLOCK_P)
+        ok = p < P
+        at = parts_ptr + (p * B + row) * SHARD_COLS
+        hit = ok & (_col(at, 10, ok) == race_i)
+        x_tok = tl.maximum(x_tok, tl.max(tl.where(hit, _col(at, 11, ok), NEG_INF), 0))
+    token = race_i
+    logp = ((x_tok.to(tl.float32) - m32) * inv_t).to(tl.float64) - tl.log(total)
+    token = tl.where(m_raw == POS_INF, inf_i, token)
+    logp = tl.where(m_raw == POS_INF, -tl.log(n_inf), logp)
+    token = tl.where(m_raw == NEG_INF, all_i, token)
+    logp = tl.where(m_raw == NEG_INF, -tl.log(n_all), logp)
+    token = tl.where(greedy, arg, token)
+    tl.store(tokens_ptr + row, token.to(tl.int64))
+    tl.store(logprobs_ptr + row, tl.where(greedy, 0.0, logp).to(tl.float32))
+
+
 # ----------------------------------------------------------------------------- launcher
 
 DEFAULT_BIN_BITS = 10
@@ -2694,3 +2777,26 @@ def shard_parts(a, start: int, n: int, chunks: int, *, return_logprobs: bool = T
     if a.batch:
         _shard_kernel[grid](*args, **kwargs)
     return parts
+
+
+def combine_shards_args(a, parts: torch.Tensor, block_p: int = 64):
+    """The launch of _combine_shards_kernel (grid B) on the gathered summaries: (args,
+    constexprs and options); its outputs are args[5] and args[6]."""
+    P, B, _ = parts.shape
+    dev = parts.device
+    dummy = torch.empty(1, dtype=torch.int64, device=dev)
+    temp_ptr, temp_val, temp_t = _scalar_or_tensor(a.temperature, torch.float32, dummy)
+    tokens = torch.empty(B, dtype=torch.int64, device=dev)
+    logprobs = torch.empty(B, dtype=torch.float32, device=dev)
+    return ((parts.contiguous(), P, B, temp_ptr, temp_val, tokens, logprobs),
+            dict(TEMP_T=temp_t, BLOCK_P=block_p, num_warps=2, enable_fp_fusion=False))
+
+
+def combine_shards(a, parts: torch.Tensor, block_p: int = 64):
+    """(tokens int64 [B], logprobs float32 [B]) of a plain call from the gathered
+    summaries of every rank's shard chunks (float64 [P, B, SHARD_COLS]), in one launch
+    (_combine_shards_kernel, ``block_p`` summaries at a time: tests shrink it)."""
+    args, kwargs = combine_shards_args(a, parts, block_p)
+    if parts.shape[1]:
+        _combine_shards_kernel[(parts.shape[1],)](*args, **kwargs)
+    return args[5], args[6]

@@ -11,7 +11,7 @@ The specialisation is the one a real launch gets: Triton's own binder reads the 
 GPU runs (128-bit loads where a launch would get them).
 
     python scripts/compile_check.py             # every filter / mode combination
-    python scripts/compile_check.py --quick     # ten: all filters drawing and writing
+    python scripts/compile_check.py --quick     # eleven: all filters drawing and writing
                                                 # probs, plain, min-p alone; split rows
                                                 # plain, top-p alone's launch 1, and all
                                                 # filters' launches 1, 3
@@ -65,6 +65,10 @@ def compile_call(a, probs_mode, arch, ptxas_log=False, **launch):
             a, start, a.logits.shape[1], 8,
             return_logprobs=launch.get("return_logprobs", True))
         fn = sampler._shard_kernel
+    elif launch.get("combine"):       # their combine, after the all-gather
+        args, kwargs = sampler.combine_shards_args(a, torch.zeros(17, a.batch, 14,
+                                                                  dtype=torch.float64))
+        fn = sampler._combine_shards_kernel
     elif launch.get("chunks"):        # rows split over programs (small batches)
         _, args, kwargs, _ = sampler.split_kernel_args(a, **launch)
         fn = sampler._split_kernel
@@ -135,6 +139,8 @@ def calls(quick):
                     seed=seeds, validate=False)
     yield "chunk summaries of a vocabulary shard: plain, temperature tensor", a, False, \
         dict(shard=True)
+    yield "combine of the shards' summaries: plain, temperature tensor", a, False, \
+        dict(combine=True)
     if not quick:
         a = _args.check(torch.zeros(B, 100), 1.0, 5, 0.9, None, "top_k_first", seed=0,
                         validate=False)

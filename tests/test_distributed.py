@@ -334,7 +334,8 @@ def test_shard_chunk_summaries_combine_to_the_unsharded_token(noise_test, V, wor
                                                               logprobs, dtype):
     """The kernel's shard summaries (_shard_kernel, in the interpreter) of every rank's
     shard, concatenated in rank order as the all-gather does, give the reference's
-    tokens and log-probs: shards cut anywhere (starts off a multiple of 4, so with a
+    tokens and log-probs, combined by the kernel (_combine_shards_kernel, 4 summaries
+    at a time) and by PyTorch (the reference backend's _plain_result): shards cut anywhere (starts off a multiple of 4, so with a
     head; empty shards), chunks of 16-token tiles, rows with ties (at 1e20 too, where
     keys need an anchor near the max), +inf, NaN, no finite logit, greedy and T = inf;
     the race's bounds exact, loosened by 0.99 of the margin
@@ -365,13 +366,14 @@ def test_shard_chunk_summaries_combine_to_the_unsharded_token(noise_test, V, wor
                                 False)
         parts.append(sampler.shard_parts(a, cuts[r], n, chunks, block=16,
                                          return_logprobs=logprobs, noise_test=noise_test))
-    greedy, inv_t = fs.reference.greedy_and_inv_t(temperature, B, x.device)
-    tokens, logp = fsd._plain_result(*fsd._split(torch.cat(parts)), greedy, inv_t)
     want, want_logp = fs.reference.sample(x, temperature=temperature, seed=seeds, offset=3,
                                           validate=False, return_logprobs=True)
-    assert torch.equal(tokens, want), (cuts, tokens, want)
-    if logprobs:
-        torch.testing.assert_close(logp.float(), want_logp, rtol=1e-5, atol=1e-5)
+    greedy, inv_t = fs.reference.greedy_and_inv_t(temperature, B, x.device)
+    for tokens, logp in (sampler.combine_shards(a, torch.cat(parts), block_p=4),  # kernel
+                         fsd._plain_result(*fsd._split(torch.cat(parts)), greedy, inv_t)):
+        assert torch.equal(tokens, want), (cuts, tokens, want)
+        if logprobs:
+            torch.testing.assert_close(logp.float(), want_logp, rtol=1e-5, atol=1e-5)
 
 
 @settings(max_examples=25, deadline=None, derandomize=True,
@@ -384,8 +386,9 @@ def test_shard_kernel_agrees_with_the_reference_on_fuzzed_plain_calls(call, worl
                                                                      chunks, block, logprobs):
     """The fuzz campaign's calls without their filters (odd values, layouts, dtypes, every
     temperature edge, per-row tensors with out-of-range values), sharded at random cuts
-    through the kernel's shard summaries (in the interpreter, one rank after another):
-    the reference's tokens, and where finite its log-probs."""
+    through the kernel's shard summaries (in the interpreter, one rank after another),
+    combined by the kernel and by PyTorch: the reference's tokens, and where finite its
+    log-probs."""
     from fused_sampler.kernels import sampler
     x, params, _ = call
     B, V = x.shape
@@ -399,12 +402,13 @@ def test_shard_kernel_agrees_with_the_reference_on_fuzzed_plain_calls(call, worl
                                 None, "top_k_first", seeds, 5, None, "triton", False)
         parts.append(sampler.shard_parts(a, cuts[r], n, chunks, block=block,
                                          return_logprobs=logprobs))
-    greedy, inv_t = fs.reference.greedy_and_inv_t(a.temperature, B, x.device)
-    tokens, logp = fsd._plain_result(*fsd._split(torch.cat(parts)), greedy, inv_t)
     want, want_logp = fs.reference.sample(x, temperature=t, seed=seeds, offset=5,
                                           validate=False, return_logprobs=True)
-    assert torch.equal(tokens, want), (cuts, tokens, want)
-    if logprobs:
-        finite = torch.isfinite(want_logp)
-        torch.testing.assert_close(logp.float()[finite], want_logp[finite], rtol=1e-5,
-                                   atol=1e-5)
+    greedy, inv_t = fs.reference.greedy_and_inv_t(a.temperature, B, x.device)
+    finite = torch.isfinite(want_logp)
+    for tokens, logp in (sampler.combine_shards(a, torch.cat(parts)),      # the kernel's
+                         fsd._plain_result(*fsd._split(torch.cat(parts)), greedy, inv_t)):
+        assert torch.equal(tokens, want), (cuts, tokens, want)
+        if logprobs:
+            torch.testing.assert_close(logp.float()[finite], want_logp[finite], rtol=1e-5,
+                                       atol=1e-5)
