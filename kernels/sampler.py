@@ -432,6 +432,14 @@ def _param(ptr, val, row, IS_TENSOR: tl.constexpr, dtype: tl.constexpr):
 
 
 @_device
+def _greedy_and_inv_t(t):
+    """(greedy, 1/T) of a row's temperature: T <= 0 or NaN is greedy (1/T then 1), and
+    T = +inf gives 1/T = 0 (reference.greedy_and_inv_t)."""
+    greedy = ~(t > 0.0)
+    return greedy, tl.math.div_rn(1.0, tl.where(greedy, 1.0, t))
+
+
+@_device
 def _min_p_key(m, inv_t, log_mp):
     """The smallest order key whose logit passes min-p, d = (x - max) * (1/T) >= ln(min_p)
     in float32 as the reference tests it, by bisection (d is monotone in x)."""
@@ -1219,8 +1227,7 @@ def _row_params(row, V, temp_ptr, temp_val, topk_ptr, topk_val, topp_ptr, topp_v
     seed = _param(seed_ptr, seed_val, row, SEED_T, tl.int64)
     offset = _param(offset_ptr, offset_val, row, OFFSET_T, tl.int64)
     off_lo, off_hi = _offset_halves(offset)
-    greedy = ~(t > 0.0)
-    inv_t = tl.math.div_rn(1.0, tl.where(greedy, 1.0, t))          # T = +inf gives 0
+    greedy, inv_t = _greedy_and_inv_t(t)
     no = greedy & ~greedy                                           # scalar False
     k = tl.full([], 0, tl.int64)
     k_on = no
@@ -2310,8 +2317,7 @@ def _shard_kernel(
     seed = _param(seed_ptr, seed_val, row, SEED_T, tl.int64)
     offset = _param(offset_ptr, offset_val, row, OFFSET_T, tl.int64)
     off_lo, off_hi = _offset_halves(offset)
-    greedy = ~(t > 0.0)
-    inv_t = tl.math.div_rn(1.0, tl.where(greedy, 1.0, t))
+    greedy, inv_t = _greedy_and_inv_t(t)
     none = tl.full([], NO_TOKEN, tl.int32)
     m_c = tl.full([], NEG_INF, tl.float32)
     i_c = none
@@ -2390,8 +2396,7 @@ def _combine_shards_kernel(parts_ptr, P, B, temp_ptr, temp_val, tokens_ptr, logp
     noise; a greedy row takes the lowest index of its max."""
     row = tl.program_id(0).to(tl.int64)
     t = _param(temp_ptr, temp_val, row, TEMP_T, tl.float32)
-    greedy = ~(t > 0.0)
-    inv_t = tl.math.div_rn(1.0, tl.where(greedy, 1.0, t))
+    greedy, inv_t = _greedy_and_inv_t(t)
     m_raw = tl.full([], NEG_INF, tl.float64)
     m = tl.full([], NEG_INF, tl.float64)
     for p0 in range(0, P, BLOCK_P):
@@ -2737,25 +2742,25 @@ def shard_kernel_args(a, start: int, n: int, chunks: int, *, return_logprobs: bo
     tokens from global index ``start`` (``a.logits``: [B, n], or a stand-in column when
     n = 0, never read): (grid, args, constexprs and options, the float64 [chunks + 1, B,
     SHARD_COLS] summaries).  The shard's body is cut into ``chunks`` chunks of whole
-    tiles (the same number on every rank, so that the summaries gather: shard_chunks)."""
+    tiles (the same number on every rank, so that the summaries gather: shard_plan)."""
     x = a.logits
     B = x.shape[0]
     body_lo = min(start + (-start) % 4, start + n)
     block = block or _sizes_for(max(n, 1))[0]
-    s = chunks
     tiles = -(-(start + n - body_lo) // block)
-    chunk_len = max(-(-tiles // s), 1) * block
+    chunk_len = max(-(-tiles // chunks), 1) * block
     dummy = torch.empty(1, dtype=torch.int64, device=x.device)
     temp_ptr, temp_val, temp_t = _scalar_or_tensor(a.temperature, torch.float32, dummy)
     seed_ptr, seed_val, seed_t = _scalar_or_tensor(a.seed, torch.int64, dummy)
     off_ptr, off_val, off_t = _scalar_or_tensor(a.offset, torch.int64, dummy)
-    parts = torch.empty(s + 1, B, SHARD_COLS.value, dtype=torch.float64, device=x.device)
+    parts = torch.empty(chunks + 1, B, SHARD_COLS.value, dtype=torch.float64,
+                        device=x.device)
     args = (x, x.stride(0), start, n, body_lo, chunk_len, B, temp_ptr, temp_val, seed_ptr,
             seed_val, off_ptr, off_val, parts)
     consts = dict(TEMP_T=temp_t, SEED_T=seed_t, OFFSET_T=off_t, LOGPROBS=return_logprobs,
                   BLOCK=block, RARE_BLOCK=min(RARE_TILE, block), NOISE_TEST=noise_test,
                   num_warps=max(4, min(16, block // 256)), enable_fp_fusion=False)
-    return (s + 1, B), args, consts, parts
+    return (chunks + 1, B), args, consts, parts
 
 
 def shard_plan(B: int, width: int, device: torch.device, programs: int = None):
