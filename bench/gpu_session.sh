@@ -282,7 +282,7 @@ run_session() {
   #     (skipped, and recorded as skipped, without CUDA)
   bounded "$(cap 120 150)" "GPU tests" \
     python3 -m pytest tests/test_gpu.py -q -rs -p no:cacheprovider \
-    -k "cuda_graph_capture or never_syncs or same_tokens_on_gpu" \
+    -k "cuda_graph_capture or never_syncs or same_tokens_on_gpu or shard_summaries_on_gpu" \
     --junitxml="$OUT/tests-gpu.xml"
 
   # 2. benchmark in phases (fp32 at V 32000/128256 first); it starts no new point after

@@ -531,6 +531,10 @@ def phases(dry: bool) -> list:
         # the same under CUDA graphs, and the host time of an eager call: the first
         # session's eager times at small B could not tell host overhead from GPU time
         ("float32 small batches, CUDA graphs and host time", SMALL_IMPLS, small),
+        # issue 11's plan: chunks a row against time, under CUDA graphs
+        ("float32 small batches, chunks a row under CUDA graphs",
+         tuple(f"{i}@graph" for i in wl.SWEEP_IMPLS),
+         wl.Grid(small.batch_sizes, small.vocab_sizes, f32, ("plain", "top_k_top_p"))),
         # the tensor-parallel path on one rank: its local steps' cost (PyTorch operations
         # and the noise launch) against fused_sampler on the same rows
         ("float32 tensor parallel, one rank", ("fused_sampler_tp1",),
@@ -726,6 +730,19 @@ def cmd_summary(args) -> int:
             lines.append(f"  {case:11s} {dtype} V={V:6d} B={B:4d}: eager {pair('')}  graph "
                          f"{pair('@graph')}  host {pair('@host')}"
                          + (f"  graph {', '.join(fi_graph)}" if fi_graph else ""))
+        sweep = {(r["case"], r["V"], r["B"], r["impl"]): r["median_us"] for r in rows
+                 if r["dtype"] == "float32" and r["impl"].endswith("@graph")}
+        pts = sorted({k[:3] for k in sweep if k[3].startswith("fused_sampler_c")})
+        if pts:
+            lines.append("  chunks a row under CUDA graphs, us (fp32; c1 = one program per "
+                         "row, auto = split_plan's):")
+        for case, V, B in pts:
+            row = [("c1", sweep.get((case, V, B, "fused_sampler_per_row@graph"))),
+                   *((f"c{n}", sweep.get((case, V, B, f"fused_sampler_c{n}@graph")))
+                     for n in wl.CHUNK_SWEEP),
+                   ("auto", sweep.get((case, V, B, "fused_sampler@graph")))]
+            lines.append(f"  {case:11s} V={V:6d} B={B:4d}: " + "  ".join(
+                f"{k} {'-' if v is None else f'{v:.1f}'}" for k, v in row))
         for r in sorted((r for r in rows if r["impl"] == "fused_sampler_tp1"),
                         key=lambda r: (r["case"], r["V"], r["B"])):
             one = [q["median_us"] for q in rows if q["impl"] == "fused_sampler" and

@@ -93,7 +93,16 @@ VARIANT_IMPLS = (
 one rank: the tensor-parallel path's own cost, with no communication to speak of), run
 only where named (the GPU session's small-batch and tensor-parallel phases)."""
 
-KNOWN_IMPLS = IMPLS + VARIANT_IMPLS
+CHUNK_SWEEP = (4, 8, 16, 32, 63, 126)
+"""Chunks per row of the session's split-rows sweep (issue 11: which plan a batch wants)."""
+
+SWEEP_IMPLS = tuple(f"fused_sampler_c{n}" for n in CHUNK_SWEEP)
+"""``fused_sampler_c<n>``: the split kernel with its rows cut into n chunks whatever the
+batch (at most one a tile), on the widest tile (4096, 2048 or 1024 tokens) that still has
+n tiles a row for rows with no filter, the default tile for filtered rows (as split_plan
+chooses); run only where named, under CUDA graphs (the GPU session's sweep phase)."""
+
+KNOWN_IMPLS = IMPLS + VARIANT_IMPLS + SWEEP_IMPLS
 
 OPTIONAL_IMPLS = frozenset(KNOWN_IMPLS) - {"fused_sampler", "torch_reference"}
 """Implementations whose failure is recorded rather than raised, even in a strict run."""
@@ -239,6 +248,29 @@ def _fused_sampler_per_row(params: dict, batch: int, device) -> Callable:
                         params.get("top_p"), params.get("min_p"), "top_k_first", seed=seeds,
                         offset=0, validate=False)
         return sampler.sample(a, return_logprobs=False, chunks=0)[0]
+    return call
+
+
+def _fused_sampler_chunks(params: dict, batch: int, device, chunks: int) -> Callable:
+    """The split kernel with ``chunks`` chunks a row (:data:`SWEEP_IMPLS`)."""
+    device = torch.device(device)
+    if device.type != "cuda" and not interpreter_enabled():
+        raise Unavailable("the kernel needs CUDA or TRITON_INTERPRET=1")
+    from fused_sampler import _args
+    from fused_sampler.kernels import sampler
+    seeds = _seeds(batch, device)
+    filtered = any(params.get(k) is not None for k in ("top_k", "top_p", "min_p"))
+
+    def call(x):
+        V = x.shape[1]
+        block = sampler._sizes_for(V)[0]
+        while not filtered and block > sampler.SPLIT_BLOCK_MIN and -(-V // block) < chunks:
+            block //= 2
+        a = _args.check(x, params.get("temperature", 1.0), params.get("top_k"),
+                        params.get("top_p"), params.get("min_p"), "top_k_first", seed=seeds,
+                        offset=0, validate=False)
+        return sampler.launch(a, probs_mode=False, return_logprobs=False,
+                              chunks=min(chunks, -(-V // block)), block=block)[0]
     return call
 
 
@@ -394,6 +426,8 @@ def build(impl: str, case: str, batch: int, device, compile_backend: str = "indu
         return _fused_sampler_per_row(params, batch, device)
     if impl == "fused_sampler_tp1":
         return _fused_sampler_tp1(params, batch, device)
+    if impl in SWEEP_IMPLS:
+        return _fused_sampler_chunks(params, batch, device, int(impl[len("fused_sampler_c"):]))
     if impl == "torch_reference":
         return _torch_reference(params, batch, device)
     if impl == "torch_compile_reference":
