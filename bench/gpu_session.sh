@@ -48,7 +48,7 @@ DTYPE=""
 BUDGET=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    all|setup|test|reliability|bench|pytest-bench|session) STEP=$1 ;;
+    all|setup|test|reliability|bench|pytest-bench|session|small) STEP=$1 ;;
     --quick) QUICK=1 ;;
     --dtype) DTYPE=$2; shift ;;
     --budget) BUDGET=$2; shift ;;
@@ -157,7 +157,9 @@ for m in ('pytest', 'pytest_benchmark', 'numpy', 'scipy', 'hypothesis', 'matplot
 print()"
     echo "nvcc: $(command -v nvcc || echo 'not found') ${CUDA_HOME:+(CUDA_HOME=$CUDA_HOME)} $(nvcc --version 2>/dev/null | tail -1)"
     echo "gcc: $(gcc --version 2>/dev/null | head -1 || echo 'not found')  ninja: $(ninja --version 2>/dev/null || echo 'not found')"
-    if [ "$STEP" = session ]; then
+    if [ "$STEP" = small ]; then
+      echo "flashinfer: not used by this step"
+    elif [ "$STEP" = session ]; then
       echo "flashinfer: imported and built by the session's background step (flashinfer.log)"
     else
       timeout 120 python3 -c "import flashinfer, flashinfer.sampling; print('flashinfer', flashinfer.__version__)" \
@@ -310,6 +312,46 @@ run_session() {
   log "session done in $(elapsed)s; files in $OUT:"
   ls -la "$OUT"
 }
+
+# ---- small: a second, short call (~3.5 min) when a session's budget ran out before its
+# small-batch phases: the never_syncs test with its traceback, then the small batches under
+# CUDA graphs and the chunks-a-row sweep (no FlashInfer).  FS_SESSION_BUDGET default 220.
+capa() {  # capa WANT RESERVE: WANT seconds, but never into the last RESERVE seconds
+  local want=$1 room=$(( $(left) - $2 ))
+  [ "$room" -lt "$want" ] && want=$room
+  [ "$want" -lt 1 ] && want=1
+  echo "$want"
+}
+run_small() {
+  local jobs=$(( $(nproc) - 4 )) names
+  [ "$jobs" -lt 1 ] && jobs=1
+  export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=$AUX/triton-cache
+  names="bench plain float32 B1,bench plain float32 B8 V128256,bench plain float32 B64"
+  names+=",bench top_k_top_p float32 B1,bench top_k_top_p float32 B8"
+  names+=",bench top_k_top_p float32 B64,test never_syncs warm-up top_p"
+  for i in 0 1 2 3 4 5 6; do names+=",test never_syncs case$i"; done
+  bounded "$(capa 60 130)" "precompile ($jobs workers)" python3 -m bench.session precompile \
+    --out "$OUT/compile-check.json" --jobs "$jobs" --only "$names"
+  bounded "$(capa 30 100)" "never_syncs" python3 -m pytest tests/test_gpu.py -k never_syncs \
+    -x -q --tb=short -p no:cacheprovider
+  bounded "$(capa 65 45)" "plain, small batches" python3 -m bench --no-strict \
+    --dtypes float32 --cases plain --batch 1,8,64 --vocab 128256 \
+    --time-budget-s "$(capa 45 65)" --out "$OUT/$GPU-small-plain.json" \
+    --impls "fused_sampler@graph,fused_sampler_per_row@graph,fused_sampler@host,fused_sampler_per_row@host,$(echo fused_sampler_c{4,8,16,32,63,126}@graph | tr ' ' ,)"
+  bounded "$(capa 60 5)" "top_k_top_p, small batches" python3 -m bench --no-strict \
+    --dtypes float32 --cases top_k_top_p --batch 1,8,64 --vocab 128256 \
+    --time-budget-s "$(capa 35 25)" --out "$OUT/$GPU-small-top_k_top_p.json" \
+    --impls "fused_sampler@graph,fused_sampler@host,$(echo fused_sampler_c{4,8,16,32}@graph | tr ' ' ,)"
+  timeout 20 python3 -m bench.session summary --out-dir "$OUT"
+  log "small done in $(elapsed)s"
+}
+
+if [ "$STEP" = small ]; then
+  AUX=/tmp/fs_session; mkdir -p "$AUX"
+  TOTAL=${FS_SESSION_BUDGET:-220}
+  { setup; run_small; } 2>&1 | tee -a "$OUT/session.log"
+  exit 0
+fi
 
 if [ "$STEP" = session ]; then
   AUX=/tmp/fs_session; mkdir -p "$AUX"

@@ -378,6 +378,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="comma-separated implementations (default: all)")
     p.add_argument("--dtypes", default=None, help="comma-separated subset of float32,bfloat16")
     p.add_argument("--cases", default=None, help=f"comma-separated subset of {','.join(wl.CASES)}")
+    p.add_argument("--batch", default=None, help="comma-separated batch sizes (default: the grid's)")
+    p.add_argument("--vocab", default=None, help="comma-separated vocabularies (default: the grid's)")
     p.add_argument("--time-budget-s", type=float, default=1e9,
                    help="stop measuring after this many seconds, keeping what was measured")
     p.add_argument("--warmup-ms", type=float, default=25, help="do_bench warm-up (GPU)")
@@ -402,7 +404,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         unknown = [g for g in given if g not in known]
         if unknown:
             p.error(f"{name}: unknown {unknown}; choose from {list(known)}")
-    args.grid = wl.Grid(grid.batch_sizes, grid.vocab_sizes, dtypes, cases)
+    ints = lambda text, default: tuple(int(v) for v in text.split(",")) if text else default  # noqa: E731
+    args.grid = wl.Grid(ints(args.batch, grid.batch_sizes), ints(args.vocab, grid.vocab_sizes),
+                        dtypes, cases)
     args.impls = [i for i in wl.KNOWN_IMPLS if i in impls]
     return args
 

@@ -315,6 +315,8 @@ def cmd_precompile(args) -> int:
     todo = specs(dry)
     if args.serial:
         return _serial(args, todo)
+    if args.only:
+        todo = [s for s in todo if s["name"] in args.only.split(",")]
     jobs = max(1, min(args.jobs or (os.cpu_count() or 2), len(todo)))
     started = time.monotonic()
     results, pending = [], [s["name"] for s in todo]
@@ -765,7 +767,7 @@ def main(argv=None) -> int:
     a.add_argument("--out", type=Path, required=True)
     a.add_argument("--jobs", type=int, default=0)
     a.add_argument("--serial", action="store_true")
-    a.add_argument("--only", default="", help="--serial: comma-separated spec names")
+    a.add_argument("--only", default="", help="comma-separated spec names (--serial: default a few)")
     a = sub.add_parser("flashinfer")
     a.add_argument("--status", type=Path, required=True)
     a = sub.add_parser("bench")

@@ -102,7 +102,7 @@ batch (at most one a tile), on the widest tile (4096, 2048 or 1024 tokens) that 
 n tiles a row for rows with no filter, the default tile for filtered rows (as split_plan
 chooses); run only where named, under CUDA graphs (the GPU session's sweep phase)."""
 
-KNOWN_IMPLS = IMPLS + VARIANT_IMPLS + SWEEP_IMPLS
+KNOWN_IMPLS = IMPLS + VARIANT_IMPLS + SWEEP_IMPLS + tuple(f"{i}@graph" for i in SWEEP_IMPLS)
 
 OPTIONAL_IMPLS = frozenset(KNOWN_IMPLS) - {"fused_sampler", "torch_reference"}
 """Implementations whose failure is recorded rather than raised, even in a strict run."""
