@@ -524,25 +524,22 @@ def phases(dry: bool) -> list:
     f32, bf16 = ("float32",), ("bfloat16",)
     both = g["dtypes"]
     mk = lambda dts, vs: wl.Grid(g["batch"], vs, dts, cases)  # noqa: E731
-    small = wl.Grid(g["batch"][:3], g["v_first"][-1:], f32, cases)
+    small = wl.Grid(g["batch"][:3], g["v_first"][-1:], f32, ("plain", "top_k_top_p"))
     return [
-        ("float32, V first", CORE_IMPLS, mk(f32, g["v_first"])),
-        # small batches: the split rows fused_sampler runs there against one program per row
-        ("float32, one program per row", ("fused_sampler_per_row",),
-         small),
-        # the same under CUDA graphs, and the host time of an eager call: the first
-        # session's eager times at small B could not tell host overhead from GPU time
+        # small batches first (the second H200 session ran out of time before them): the
+        # split rows fused_sampler runs there against one program per row under CUDA
+        # graphs, and the host time of an eager call (eager times at small B are the host's)
         ("float32 small batches, CUDA graphs and host time", SMALL_IMPLS, small),
         # issue 11's plan: chunks a row against time, under CUDA graphs
         ("float32 small batches, chunks a row under CUDA graphs",
-         tuple(f"{i}@graph" for i in wl.SWEEP_IMPLS),
-         wl.Grid(small.batch_sizes, small.vocab_sizes, f32, ("plain", "top_k_top_p"))),
+         tuple(f"{i}@graph" for i in wl.SWEEP_IMPLS), small),
+        ("flashinfer float32 small batches, CUDA graphs", FLASHINFER_GRAPH_IMPLS, small),
+        ("float32, V first", CORE_IMPLS, mk(f32, g["v_first"])),
         # the tensor-parallel path on one rank: its local steps' cost (PyTorch operations
         # and the noise launch) against fused_sampler on the same rows
         ("float32 tensor parallel, one rank", ("fused_sampler_tp1",),
-         wl.Grid(small.batch_sizes[::2], small.vocab_sizes, f32, ("plain", "top_k_top_p"))),
+         wl.Grid(small.batch_sizes[::2], small.vocab_sizes, f32, small.cases)),
         ("flashinfer float32, V first", FLASHINFER_IMPLS, mk(f32, g["v_first"])),
-        ("flashinfer float32 small batches, CUDA graphs", FLASHINFER_GRAPH_IMPLS, small),
         ("bfloat16, V first", CORE_IMPLS, mk(bf16, g["v_first"])),
         ("flashinfer bfloat16, V first", FLASHINFER_IMPLS, mk(bf16, g["v_first"])),
         ("V later, both dtypes", CORE_IMPLS, mk(both, g["v_later"])),

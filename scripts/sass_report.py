@@ -509,7 +509,7 @@ def split_table(results, gpu, batches=(1, 8, 64)):
                               whole["registers"], whole["warps"], whole["block"], 2 * gpu.sms)
             one += LAUNCH_S + sum(TAIL_TRIPS[p] - 1 for p in whole["typical"]) * gpu.latency_s
             plan = sampler.split_plan(B, V_REPORT, torch.device("cuda"), filtered,
-                                      programs=2 * gpu.sms)
+                                      programs=gpu.sms)
             if plan is None:
                 cells.append(f"{one * 1e6:.0f} | (no split)")
                 continue

@@ -57,9 +57,9 @@ def collectives(B, top_k=False, top_p=False, min_p=False, order="top_k_first",
     return out
 
 
-def plain_summaries(B, V, W, programs=2 * H100_SMS):
+def plain_summaries(B, V, W, programs=H100_SMS):
     """Summaries a rank sends for a plain call on the kernel's backend: its shard's
-    chunks, as the kernel cuts a shard V / W wide on a GPU of ``programs`` programs,
+    chunks, as the kernel cuts a shard V / W wide on a GPU of ``programs`` SMs,
     and its head (fused_sampler.kernels.sampler.shard_plan)."""
     import torch
     from fused_sampler.kernels.sampler import shard_plan

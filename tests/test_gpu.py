@@ -149,13 +149,13 @@ def test_distributed_same_tokens_on_gpu_with_nccl_and_no_sync(tmp_path):
             kw = dict(vocab_start=0, vocab_size=5000, offset=11, validate=False)
             cuda_params = {k: v.cuda() if isinstance(v, torch.Tensor) else v
                            for k, v in params.items()}
-            gpu = fsd.sample(logits.cuda(), seed=seeds.cuda(), **kw, **cuda_params).cpu()
+            x, s = logits.cuda(), seeds.cuda()         # copies from the host sync: not here
+            gpu = fsd.sample(x, seed=s, **kw, **cuda_params).cpu()
             cpu = reference.sample(logits, seed=seeds, offset=11, **params)
             assert torch.equal(gpu, cpu), params
             torch.cuda.set_sync_debug_mode("error")
             try:
-                fsd.sample(logits.cuda(), seed=seeds.cuda(), return_logprobs=True, **kw,
-                           **cuda_params)
+                fsd.sample(x, seed=s, return_logprobs=True, **kw, **cuda_params)
             finally:
                 torch.cuda.set_sync_debug_mode(0)
     finally:

@@ -136,18 +136,21 @@ def test_without_log_probs():
 
 
 def test_the_chunk_count_follows_the_batch(monkeypatch):
-    # on a 132-SM GPU: 264 programs; no split on CPU, or once the batch fills half of them
+    # on a 132-SM GPU: one wave of 132 programs; no split on CPU, or past a row per SM
     cuda = torch.device("cuda")
     monkeypatch.setattr(sampler, "_programs_for", lambda device: 264)
     monkeypatch.delenv(sampler.CHUNKS_ENV, raising=False)
     V = 128256
     assert sampler.split_plan(1, V, cuda, filtered=False) == (126, 1024)
-    assert sampler.split_plan(8, V, cuda, filtered=False) == (32, 4096)   # 33 wanted
-    assert sampler.split_plan(4, V, cuda, filtered=False) == (63, 2048)
+    assert sampler.split_plan(2, V, cuda, filtered=False) == (63, 2048)
+    assert sampler.split_plan(4, V, cuda, filtered=False) == (32, 4096)   # 33 wanted
+    assert sampler.split_plan(8, V, cuda, filtered=False) == (16, 4096)
     assert sampler.split_plan(1, V, cuda, filtered=True) == (32, 4096)
-    assert sampler.split_plan(64, V, cuda, filtered=True) == (4, 4096)
+    assert sampler.split_plan(64, V, cuda, filtered=True) == (2, 4096)
+    assert sampler.split_plan(100, V, cuda, filtered=False) == (2, 4096)  # at least 2
     assert sampler.split_plan(132, V, cuda, filtered=True) == (2, 4096)
     assert sampler.split_plan(133, V, cuda, filtered=True) is None
+    assert sampler.split_plan(8, V, cuda, filtered=False, programs=264) == (32, 4096)  # 33
     assert sampler.split_plan(1, 1000, cuda, filtered=False) is None    # one tile
     assert sampler.split_plan(1, V, torch.device("cpu"), filtered=False) is None
     assert sampler.split_plan(1, V, torch.device("cpu"), filtered=False, chunks=3) == (3, 4096)
