@@ -313,9 +313,10 @@ run_session() {
   ls -la "$OUT"
 }
 
-# ---- small: a second, short call (~3.5 min) when a session's budget ran out before its
-# small-batch phases: the never_syncs test with its traceback, then the small batches under
-# CUDA graphs and the chunks-a-row sweep (no FlashInfer).  FS_SESSION_BUDGET default 220.
+# ---- small: a second, short call (~4 min) when a session's budget ran out before its
+# small-batch phases: the never_syncs test with its traceback, where an eager call's host
+# time goes (scripts/host_overhead.py), then the small batches under CUDA graphs and the
+# chunks-a-row sweep (no FlashInfer).  FS_SESSION_BUDGET default 250.
 capa() {  # capa WANT RESERVE: WANT seconds, but never into the last RESERVE seconds
   local want=$1 room=$(( $(left) - $2 ))
   [ "$room" -lt "$want" ] && want=$room
@@ -334,6 +335,8 @@ run_small() {
     --out "$OUT/compile-check.json" --jobs "$jobs" --only "$names"
   bounded "$(capa 30 100)" "never_syncs" python3 -m pytest tests/test_gpu.py -k never_syncs \
     -x -q --tb=short -p no:cacheprovider
+  bounded "$(capa 60 110)" "host time profile" python3 scripts/host_overhead.py \
+    --device "$([ "$DRY" = 1 ] && echo cpu || echo cuda)" --profile --calls 300
   bounded "$(capa 65 45)" "plain, small batches" python3 -m bench --no-strict \
     --dtypes float32 --cases plain --batch 1,8,64 --vocab 128256 \
     --time-budget-s "$(capa 45 65)" --out "$OUT/$GPU-small-plain.json" \
@@ -348,7 +351,7 @@ run_small() {
 
 if [ "$STEP" = small ]; then
   AUX=/tmp/fs_session; mkdir -p "$AUX"
-  TOTAL=${FS_SESSION_BUDGET:-220}
+  TOTAL=${FS_SESSION_BUDGET:-250}
   { setup; run_small; } 2>&1 | tee -a "$OUT/session.log"
   exit 0
 fi
