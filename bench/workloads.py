@@ -232,27 +232,11 @@ def _fused_sampler(params: dict, batch: int, device) -> Callable:
     return call
 
 
-def _fused_sampler_per_row(params: dict, batch: int, device) -> Callable:
-    """The kernel with one program per row whatever the batch (``chunks=0``): what
-    ``fused_sampler`` does at small batches without split rows (docs/design.md, "Small
-    batches")."""
-    device = torch.device(device)
-    if device.type != "cuda" and not interpreter_enabled():
-        raise Unavailable("the kernel needs CUDA or TRITON_INTERPRET=1")
-    from fused_sampler import _args
-    from fused_sampler.kernels import sampler
-    seeds = _seeds(batch, device)
-
-    def call(x):
-        a = _args.check(x, params.get("temperature", 1.0), params.get("top_k"),
-                        params.get("top_p"), params.get("min_p"), "top_k_first", seed=seeds,
-                        offset=0, validate=False)
-        return sampler.sample(a, return_logprobs=False, chunks=0)[0]
-    return call
-
-
 def _fused_sampler_chunks(params: dict, batch: int, device, chunks: int) -> Callable:
-    """The split kernel with ``chunks`` chunks a row (:data:`SWEEP_IMPLS`)."""
+    """The kernel with ``chunks`` chunks a row whatever the batch: 0 is one program per
+    row (``fused_sampler_per_row``: what ``fused_sampler`` does at small batches without
+    split rows, docs/design.md "Small batches"), more the split kernel on the widest tile
+    that has that many (:data:`SWEEP_IMPLS`)."""
     device = torch.device(device)
     if device.type != "cuda" and not interpreter_enabled():
         raise Unavailable("the kernel needs CUDA or TRITON_INTERPRET=1")
@@ -262,13 +246,15 @@ def _fused_sampler_chunks(params: dict, batch: int, device, chunks: int) -> Call
     filtered = any(params.get(k) is not None for k in ("top_k", "top_p", "min_p"))
 
     def call(x):
+        a = _args.check(x, params.get("temperature", 1.0), params.get("top_k"),
+                        params.get("top_p"), params.get("min_p"), "top_k_first", seed=seeds,
+                        offset=0, validate=False)
+        if not chunks:
+            return sampler.sample(a, return_logprobs=False, chunks=0)[0]
         V = x.shape[1]
         block = sampler._sizes_for(V)[0]
         while not filtered and block > sampler.SPLIT_BLOCK_MIN and -(-V // block) < chunks:
             block //= 2
-        a = _args.check(x, params.get("temperature", 1.0), params.get("top_k"),
-                        params.get("top_p"), params.get("min_p"), "top_k_first", seed=seeds,
-                        offset=0, validate=False)
         return sampler.launch(a, probs_mode=False, return_logprobs=False,
                               chunks=min(chunks, -(-V // block)), block=block)[0]
     return call
@@ -423,7 +409,7 @@ def build(impl: str, case: str, batch: int, device, compile_backend: str = "indu
     if impl == "fused_sampler":
         return _fused_sampler(params, batch, device)
     if impl == "fused_sampler_per_row":
-        return _fused_sampler_per_row(params, batch, device)
+        return _fused_sampler_chunks(params, batch, device, 0)
     if impl == "fused_sampler_tp1":
         return _fused_sampler_tp1(params, batch, device)
     if impl in SWEEP_IMPLS:
