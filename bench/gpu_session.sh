@@ -345,7 +345,7 @@ run_small() {
   bounded "$(capa 60 5)" "top_k_top_p, small batches" python3 -m bench --no-strict \
     --dtypes float32 --cases top_k_top_p --batch 1,8,64 --vocab 128256 \
     --time-budget-s "$(capa 35 25)" --out "$OUT/$GPU-small-top_k_top_p.json" \
-    --impls "fused_sampler@graph,fused_sampler@host,$(echo fused_sampler_c{4,8,16,32}@graph | tr ' ' ,)"
+    --impls "fused_sampler@graph,fused_sampler_launch1@graph,fused_sampler@host,$(echo fused_sampler_c{4,8,16,32}@graph | tr ' ' ,)"
   timeout 20 python3 -m bench.session summary --out-dir "$OUT"
   log "small done in $(elapsed)s"
 }

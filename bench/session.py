@@ -739,7 +739,8 @@ def cmd_summary(args) -> int:
             row = [("c1", sweep.get((case, V, B, "fused_sampler_per_row@graph"))),
                    *((f"c{n}", sweep.get((case, V, B, f"fused_sampler_c{n}@graph")))
                      for n in wl.CHUNK_SWEEP),
-                   ("auto", sweep.get((case, V, B, "fused_sampler@graph")))]
+                   ("auto", sweep.get((case, V, B, "fused_sampler@graph"))),
+                   ("launch 1", sweep.get((case, V, B, f"{wl.FIRST_LAUNCH_IMPL}@graph")))]
             lines.append(f"  {case:11s} V={V:6d} B={B:4d}: " + "  ".join(
                 f"{k} {'-' if v is None else f'{v:.1f}'}" for k, v in row))
         for r in sorted((r for r in rows if r["impl"] == "fused_sampler_tp1"),
