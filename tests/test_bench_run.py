@@ -28,3 +28,18 @@ def test_dry_run_times_host_variant_and_notes_that_graphs_need_a_gpu(tmp_path):
     assert all(r["median_us"] > 0 for r in results["rows"])
     notes = bench_run.notes_path(out).read_text()
     assert "fused_sampler@graph: not run: CUDA graphs need a GPU" in notes
+
+
+@pytest.mark.parametrize("case", ["plain", "top_k_top_p"])
+def test_forced_chunk_counts_draw_the_plans_tokens(case):
+    # the sweep's implementations time the split kernel at other chunk counts and tiles:
+    # the same call, so the same tokens as fused_sampler and one program per row
+    if not wl.interpreter_enabled():
+        pytest.skip("Triton was imported without TRITON_INTERPRET=1")
+    x = wl.make_logits(2, 5000, "float32")
+    want = wl.build("fused_sampler", case, 2, "cpu")(x)
+    for impl in ("fused_sampler_per_row", "fused_sampler_c4", "fused_sampler_c16"):
+        assert wl.build(impl, case, 2, "cpu")(x).tolist() == want.tolist(), impl
+    assert wl.build(wl.FIRST_LAUNCH_IMPL, case, 2, "cpu")(x).shape == (2,)
+    assert wl.split_impl("fused_sampler_c4@graph") == ("fused_sampler_c4", "graph")
+    assert wl.applies(f"{wl.FIRST_LAUNCH_IMPL}@graph", case)
