@@ -238,23 +238,33 @@ def _fused_sampler(params: dict, batch: int, device) -> Callable:
     return call
 
 
+def _kernel_check(params: dict, batch: int, device) -> tuple:
+    """``(check, filtered)`` for the variants that launch the kernel's own pieces:
+    ``check(x)`` is the checked call of ``params`` on logits ``x`` (per-row seeds made
+    once, validate=False), ``filtered`` whether any filter is on."""
+    device = torch.device(device)
+    if device.type != "cuda" and not interpreter_enabled():
+        raise Unavailable("the kernel needs CUDA or TRITON_INTERPRET=1")
+    from fused_sampler import _args
+    seeds = _seeds(batch, device)
+
+    def check(x):
+        return _args.check(x, params.get("temperature", 1.0), params.get("top_k"),
+                           params.get("top_p"), params.get("min_p"), "top_k_first",
+                           seed=seeds, offset=0, validate=False)
+    return check, any(params.get(k) is not None for k in ("top_k", "top_p", "min_p"))
+
+
 def _fused_sampler_chunks(params: dict, batch: int, device, chunks: int) -> Callable:
     """The kernel with ``chunks`` chunks a row whatever the batch: 0 is one program per
     row (``fused_sampler_per_row``: what ``fused_sampler`` does at small batches without
     split rows, docs/design.md "Small batches"), more the split kernel on the widest tile
     that has that many (:data:`SWEEP_IMPLS`)."""
-    device = torch.device(device)
-    if device.type != "cuda" and not interpreter_enabled():
-        raise Unavailable("the kernel needs CUDA or TRITON_INTERPRET=1")
-    from fused_sampler import _args
     from fused_sampler.kernels import sampler
-    seeds = _seeds(batch, device)
-    filtered = any(params.get(k) is not None for k in ("top_k", "top_p", "min_p"))
+    check, filtered = _kernel_check(params, batch, device)
 
     def call(x):
-        a = _args.check(x, params.get("temperature", 1.0), params.get("top_k"),
-                        params.get("top_p"), params.get("min_p"), "top_k_first", seed=seeds,
-                        offset=0, validate=False)
+        a = check(x)
         if not chunks:
             return sampler.sample(a, return_logprobs=False, chunks=0)[0]
         V = x.shape[1]
@@ -269,21 +279,13 @@ def _fused_sampler_chunks(params: dict, batch: int, device, chunks: int) -> Call
 def _fused_sampler_first_launch(params: dict, batch: int, device) -> Callable:
     """:data:`FIRST_LAUNCH_IMPL`: the first of a split call's launches (3 chunks a row
     where nothing splits: the CPU rehearsal)."""
-    device = torch.device(device)
-    if device.type != "cuda" and not interpreter_enabled():
-        raise Unavailable("the kernel needs CUDA or TRITON_INTERPRET=1")
-    from fused_sampler import _args
     from fused_sampler.kernels import sampler
-    seeds = _seeds(batch, device)
-    filtered = any(params.get(k) is not None for k in ("top_k", "top_p", "min_p"))
+    check, filtered = _kernel_check(params, batch, device)
 
     def call(x):
-        a = _args.check(x, params.get("temperature", 1.0), params.get("top_k"),
-                        params.get("top_p"), params.get("min_p"), "top_k_first", seed=seeds,
-                        offset=0, validate=False)
         chunks, block = sampler.split_plan(*x.shape, x.device, filtered) or (3, None)
         grid, args, kwargs, (tokens, *_) = sampler.split_kernel_args(
-            a, chunks, return_logprobs=False, block=block)
+            check(x), chunks, return_logprobs=False, block=block)
         sampler._split_kernel[grid](*args, **kwargs)
         return tokens
     return call
