@@ -440,6 +440,15 @@ def _greedy_and_inv_t(t):
 
 
 @_device
+def _min_p_floor(m, inv_t, m_on, log_mp):
+    """The lowest key min-p keeps (_min_p_key), or KEY_NEG_INF + 1 where min-p is off."""
+    key_mp = tl.full([], KEY_NEG_INF + 1, tl.int64)
+    if m_on:
+        key_mp = _min_p_key(m, inv_t, log_mp)
+    return key_mp
+
+
+@_device
 def _min_p_key(m, inv_t, log_mp):
     """The smallest order key whose logit passes min-p, d = (x - max) * (1/T) >= ln(min_p)
     in float32 as the reference tests it, by bisection (d is monotone in x)."""
@@ -451,6 +460,40 @@ def _min_p_key(m, inv_t, log_mp):
         hi = tl.where(passes, mid, hi)
         lo = tl.where(passes, lo, mid + 1)
     return lo
+
+
+@_device
+def _lane_row(k, k_on, LANE_K: tl.constexpr):
+    """Whether a row takes its top-k candidates from pass 1's group maxima (a top-k of at
+    most LANE_K; 0: never) instead of a histogram and a search.
+
+    Pass 1 keeps the max of each group of four neighbouring lanes over the tiles (group
+    g holds the tokens whose index mod BLOCK lies in [4g, 4g + 4)), for the normaliser.
+    The groups hold disjoint tokens, so the k-th largest group max t has at least k
+    tokens at or above it: t <= the k-th largest logit, and every token top-k keeps (with
+    top-p, min-p, either order: their kept sets lie inside top-k's) has a key >= t.  The
+    collect pass then gathers the keys >= t: about k of them on an LLM's row, where the
+    top tokens rarely share a group.  A row with more than the scratch holds (ties, flat
+    rows) goes the histogram way after its collect (_filtered_row): two reads more, exact
+    either way.  The groups are cut by index mod BLOCK, so a split row's chunks (whole
+    tiles) combine theirs by a max per group into the same t: the same candidates and
+    reads as one program per row."""
+    return k_on & (k <= LANE_K)
+
+
+@_device
+def _kth_key(key, k):
+    """The k-th largest (1 <= k <= the number of keys) of a vector of uint32 keys, by
+    radix selection two bits at a time: sixteen rounds of four counts, in registers (four
+    bits a round held 32 values a thread at 1024 keys and spilled the row's state)."""
+    digits = tl.arange(0, 4).to(tl.uint32)
+    prefix = tl.full([], 0, tl.uint32)
+    for level in tl.static_range(16):
+        cand = prefix + (digits << (30 - 2 * level))
+        cnt = tl.sum((key[None, :] >= cand[:, None]).to(tl.int32), 1)
+        # the count falls as the digit grows; digit 0 keeps the prefix, which has >= k
+        prefix = prefix + (tl.max(tl.where(cnt >= k, digits, 0), 0) << (30 - 2 * level))
+    return prefix
 
 
 # ----------------------------------------------------------------------------- passes
@@ -652,7 +695,8 @@ def _first_pass(row_ptr, lo, V, inv_t, hist_row, HIST: tl.constexpr, BIN_BITS: t
     rescaled once per tile; combined in float64); with HIST, the count histogram of the
     keys' top BIN_BITS bits, stored in the program's three histogram slots (pass 1's,
     bracket A's, bracket B's), or with ADD added to the first by atomics (a chunk's
-    share of its row's)."""
+    share of its row's).  Returns (max, normaliser, the groups' maxima [BLOCK // 4]:
+    -FLT_MAX where a group has no finite logit; see _lane_row)."""
     NB: tl.constexpr = 1 << BIN_BITS
     c2 = _c2(inv_t)
     m_v = tl.full([BLOCK // 4], -FLT_MAX, tl.float32)
@@ -683,7 +727,7 @@ def _first_pass(row_ptr, lo, V, inv_t, hist_row, HIST: tl.constexpr, BIN_BITS: t
             tl.store(_here(hist_row) + bins, hist)
             tl.store(_here(hist_row) + NB + bins, hist)
             tl.store(_here(hist_row) + 2 * NB + bins, hist)
-    return m, z
+    return m, z, m_v
 
 
 @_device
@@ -1102,6 +1146,7 @@ def _sample_kernel(
     JOINT: tl.constexpr, PROBS: tl.constexpr, LOGPROBS: tl.constexpr, STATS: tl.constexpr,
     BLOCK: tl.constexpr, BIN_BITS: tl.constexpr, CAP: tl.constexpr, CHUNK: tl.constexpr,
     RARE_BLOCK: tl.constexpr, MAX_PASSES: tl.constexpr, NOISE_TEST: tl.constexpr,
+    LANE_K: tl.constexpr,
 ):
     NB: tl.constexpr = 1 << BIN_BITS
     # A fixed grid of programs walks the rows, so the scratch is per program (the grid is
@@ -1113,17 +1158,25 @@ def _sample_kernel(
     # No loop-invariant code motion out of the row loop: LLVM would hoist the index
     # arithmetic and constants of every phase to the kernel's entry, live throughout.
     for row32 in tl.range(tl.program_id(0), n_rows, tl.num_programs(0), disable_licm=True):
-        tl.debug_barrier()     # the previous row's reads of the scratch are done
         row = tl.cast(row32, tl.int64)
-        _sample_row(
-            logits_ptr + row * stride_row, V, row,
-            temp_ptr, temp_val, topk_ptr, topk_val, topp_ptr, topp_val, minp_ptr, minp_val,
-            seed_ptr, seed_val, offset_ptr, offset_val,
-            tokens_ptr, logprobs_ptr, probs_ptr + row * V, scratch_row, binmass_row, hist_row,
-            stats_ptr + row * 2,
-            TEMP_T, TOPK_T, TOPP_T, MINP_T, SEED_T, OFFSET_T, HAS_TOP_K, HAS_TOP_P,
-            HAS_MIN_P, JOINT, PROBS, LOGPROBS, STATS, BLOCK, BIN_BITS, CAP, CHUNK, RARE_BLOCK,
-            MAX_PASSES, NOISE_TEST)
+        lane_ok = row >= 0
+        again = lane_ok
+        wasted = tl.full([], 0, tl.int32)
+        # a lane row (_lane_row) whose candidates outnumber the scratch runs once more,
+        # the histogram way, two reads wasted (a second search inlined here would spill)
+        while tl.condition(again, disable_licm=True):
+            tl.debug_barrier()     # the previous row's reads of the scratch are done
+            again = _sample_row(
+                logits_ptr + row * stride_row, V, row,
+                temp_ptr, temp_val, topk_ptr, topk_val, topp_ptr, topp_val, minp_ptr,
+                minp_val, seed_ptr, seed_val, offset_ptr, offset_val,
+                tokens_ptr, logprobs_ptr, probs_ptr + row * V, scratch_row, binmass_row,
+                hist_row, stats_ptr + row * 2, lane_ok, wasted,
+                TEMP_T, TOPK_T, TOPP_T, MINP_T, SEED_T, OFFSET_T, HAS_TOP_K, HAS_TOP_P,
+                HAS_MIN_P, JOINT, PROBS, LOGPROBS, STATS, BLOCK, BIN_BITS, CAP, CHUNK,
+                RARE_BLOCK, MAX_PASSES, NOISE_TEST, LANE_K)
+            lane_ok = again & ~again
+            wasted = tl.full([], 2, tl.int32)
 
 
 @_device
@@ -1132,14 +1185,20 @@ def _sample_row(
     temp_ptr, temp_val, topk_ptr, topk_val, topp_ptr, topp_val, minp_ptr, minp_val,
     seed_ptr, seed_val, offset_ptr, offset_val,
     tokens_ptr, logprobs_ptr, probs_row, scratch_row, binmass_row, hist_row, stats_row,
+    lane_ok, wasted,
     TEMP_T: tl.constexpr, TOPK_T: tl.constexpr, TOPP_T: tl.constexpr, MINP_T: tl.constexpr,
     SEED_T: tl.constexpr, OFFSET_T: tl.constexpr,
     HAS_TOP_K: tl.constexpr, HAS_TOP_P: tl.constexpr, HAS_MIN_P: tl.constexpr,
     JOINT: tl.constexpr, PROBS: tl.constexpr, LOGPROBS: tl.constexpr, STATS: tl.constexpr,
     BLOCK: tl.constexpr, BIN_BITS: tl.constexpr, CAP: tl.constexpr, CHUNK: tl.constexpr,
     RARE_BLOCK: tl.constexpr, MAX_PASSES: tl.constexpr, NOISE_TEST: tl.constexpr,
+    LANE_K: tl.constexpr,
 ):
-    """One row, start to finish: the whole algorithm (module docstring)."""
+    """One row, start to finish: the whole algorithm (module docstring).  A lane row
+    (_lane_row, while ``lane_ok``) whose candidates outnumber the scratch stops before
+    its results and returns True, to run again without the lane (``wasted``: the reads
+    of that try, counted in)."""
+    LANE: tl.constexpr = HAS_TOP_K and LANE_K > 0
     greedy, inv_t, seed, offset, off_lo, off_hi, k, k_on, p, p_on, m_on, log_mp, plain = \
         _row_params(row, V, temp_ptr, temp_val, topk_ptr, topk_val, topp_ptr, topp_val,
                     minp_ptr, minp_val, seed_ptr, seed_val, offset_ptr, offset_val, TEMP_T,
@@ -1148,6 +1207,7 @@ def _sample_row(
     race = plain
     if PROBS:
         race = no                         # filtered_probs: no draw, the normaliser first
+    redo = no
 
     if greedy:
         m, token = _greedy_pass(row_ptr, 0, V, BLOCK)
@@ -1172,13 +1232,37 @@ def _sample_row(
                            STATS, BIN_BITS, BLOCK, RARE_BLOCK)
     else:
         # ---- filtered rows, and every non-greedy row of filtered_probs
-        m, z = _first_pass(row_ptr, 0, V, inv_t, hist_row, HAS_TOP_K or HAS_TOP_P, BIN_BITS,
-                           BLOCK)
-        _after_first_pass(
+        lane = no
+        if LANE:
+            lane = lane_ok & _lane_row(k, k_on, LANE_K)
+        m, z, m_v = _pass_one(row_ptr, 0, V, inv_t, hist_row, lane, HAS_TOP_K or HAS_TOP_P,
+                              LANE, BIN_BITS, BLOCK, False)
+        t = tl.full([], 0, tl.uint32)
+        if LANE:
+            if lane:
+                t = _kth_key(_key(m_v), k)
+        redo = _after_first_pass(
             row_ptr, V, row, m, z, V, inv_t, greedy, plain, k, k_on, p, p_on, m_on, log_mp,
-            seed, offset, off_lo, off_hi, scratch_row, binmass_row, hist_row, tokens_ptr,
-            logprobs_ptr, probs_row, stats_row, HAS_TOP_K, HAS_TOP_P, JOINT, PROBS, LOGPROBS,
-            STATS, BLOCK, BIN_BITS, CAP, CHUNK, RARE_BLOCK, MAX_PASSES, NOISE_TEST)
+            seed, offset, off_lo, off_hi, scratch_row, binmass_row, hist_row, lane, t, wasted,
+            tokens_ptr, logprobs_ptr, probs_row, stats_row, HAS_TOP_K, HAS_TOP_P, JOINT, PROBS,
+            LOGPROBS, STATS, BLOCK, BIN_BITS, CAP, CHUNK, RARE_BLOCK, MAX_PASSES, NOISE_TEST,
+            LANE_K)
+    return redo
+
+
+@_device
+def _pass_one(row_ptr, lo, V, inv_t, hist_row, lane, HIST: tl.constexpr, LANE: tl.constexpr,
+              BIN_BITS: tl.constexpr, BLOCK: tl.constexpr, ADD: tl.constexpr):
+    """Pass 1 (_first_pass) of tokens [lo, V): with the histogram (HIST) unless the row is
+    a lane row (_lane_row), which needs none."""
+    if LANE:
+        if lane:
+            m, z, m_v = _first_pass(row_ptr, lo, V, inv_t, hist_row, False, BIN_BITS, BLOCK, ADD)
+        else:
+            m, z, m_v = _first_pass(row_ptr, lo, V, inv_t, hist_row, HIST, BIN_BITS, BLOCK, ADD)
+    else:
+        m, z, m_v = _first_pass(row_ptr, lo, V, inv_t, hist_row, HIST, BIN_BITS, BLOCK, ADD)
+    return m, z, m_v
 
 
 @_device
@@ -1265,7 +1349,8 @@ def _race_fallback(row_ptr, V, row, inv_t, greedy, seed, off_lo, off_hi, hist_ro
         passes = 3
         kept_mass = tl.full([], FIX, tl.float64)
         if LOGPROBS:
-            m_again, z = _first_pass(row_ptr, 0, V, inv_t, hist_row, False, BIN_BITS, BLOCK)
+            m_again, z, unused = _first_pass(row_ptr, 0, V, inv_t, hist_row, False,
+                                             BIN_BITS, BLOCK)
             kept_mass = z * FIX
             passes = 4
         _finish(row_ptr, V, row, m, inv_t, token, x_tok, KEY_NEG_INF + 1, kept_mass, greedy,
@@ -1279,15 +1364,20 @@ def _race_fallback(row_ptr, V, row, inv_t, greedy, seed, off_lo, off_hi, hist_ro
 @_device
 def _after_first_pass(row_ptr, V, row, m, z, V_Z, inv_t, greedy, plain, k, k_on, p, p_on,
                       m_on, log_mp, seed, offset, off_lo, off_hi, scratch_row, binmass_row,
-                      hist_row, tokens_ptr, logprobs_ptr, probs_row, stats_row,
+                      hist_row, lane, t, wasted, tokens_ptr, logprobs_ptr, probs_row,
+                      stats_row,
                       HAS_TOP_K: tl.constexpr, HAS_TOP_P: tl.constexpr, JOINT: tl.constexpr,
                       PROBS: tl.constexpr, LOGPROBS: tl.constexpr, STATS: tl.constexpr,
                       BLOCK: tl.constexpr, BIN_BITS: tl.constexpr, CAP: tl.constexpr,
                       CHUNK: tl.constexpr, RARE_BLOCK: tl.constexpr, MAX_PASSES: tl.constexpr,
-                      NOISE_TEST: tl.constexpr):
+                      NOISE_TEST: tl.constexpr, LANE_K: tl.constexpr):
     """A filtered row (or a non-greedy row of filtered_probs) once pass 1 has its max m,
     its normaliser z (float32 sums, bounded as sums over V_Z tokens: see _sum_bounds) and
-    its histogram: the rest of the row, to its results."""
+    its histogram, or for a lane row (_lane_row) the k-th largest group max's key t: the
+    rest of the row, to its results (``wasted`` reads counted in).  Returns whether a
+    lane row must run again (_sample_row)."""
+    NB: tl.constexpr = 1 << BIN_BITS
+    redo = greedy & ~greedy
     if (m == POS_INF) | (z == 0.0):  # rare: the row's max is +-inf (validate=False)
         _special_row(row_ptr, V, row, tl.where(m == POS_INF, 1, 2), seed, off_lo, off_hi,
                      1, 0, tokens_ptr, logprobs_ptr, probs_row, stats_row, PROBS,
@@ -1298,13 +1388,17 @@ def _after_first_pass(row_ptr, V, row, m, z, V_Z, inv_t, greedy, plain, k, k_on,
                 tokens_ptr, logprobs_ptr, probs_row, stats_row, PROBS, LOGPROBS, STATS,
                 BLOCK)
     else:
-        token, kept_lo, kept_mass, passes, fallbacks = _filtered_row(
+        token, kept_lo, kept_mass, passes, fallbacks, redo = _filtered_row(
             row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, m_on, log_mp, seed, offset,
-            scratch_row, binmass_row, hist_row, HAS_TOP_K, HAS_TOP_P, JOINT, PROBS,
-            LOGPROBS, BLOCK, BIN_BITS, CAP, CHUNK, RARE_BLOCK, MAX_PASSES, NOISE_TEST)
-        _finish_filtered(row_ptr, V, row, m, inv_t, token, kept_lo, kept_mass, greedy, passes,
-                         fallbacks, tokens_ptr, logprobs_ptr, probs_row, stats_row, PROBS,
-                         LOGPROBS, STATS, BLOCK)
+            scratch_row, binmass_row, hist_row, hist_row + 3 * NB, lane, t,
+            tl.full([], 0, tl.int32), tl.full([], 0, tl.int64), greedy & ~greedy, 1 + wasted,
+            greedy & ~greedy, HAS_TOP_K, HAS_TOP_P, JOINT, PROBS, LOGPROBS, LANE_K, False,
+            BLOCK, BIN_BITS, CAP, CHUNK, RARE_BLOCK, MAX_PASSES, NOISE_TEST)
+        if ~redo:
+            _finish_filtered(row_ptr, V, row, m, inv_t, token, kept_lo, kept_mass, greedy,
+                             passes, fallbacks, tokens_ptr, logprobs_ptr, probs_row, stats_row,
+                             PROBS, LOGPROBS, STATS, BLOCK)
+    return redo
 
 
 @_device
@@ -1509,36 +1603,110 @@ def _unstash(st):
 
 
 @_device
-def _filtered_row(row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, m_on, log_mp, seed, offset,
-                  scratch_row, binmass_row, hist_row, HAS_TOP_K: tl.constexpr,
-                  HAS_TOP_P: tl.constexpr, JOINT: tl.constexpr, PROBS: tl.constexpr,
-                  LOGPROBS: tl.constexpr, BLOCK: tl.constexpr, BIN_BITS: tl.constexpr,
-                  CAP: tl.constexpr, CHUNK: tl.constexpr, RARE_BLOCK: tl.constexpr,
-                  MAX_PASSES: tl.constexpr, NOISE_TEST: tl.constexpr):
-    """The search, the collect pass and the race of a row with filters (or of a filtered
-    row of filtered_probs).  Returns (token, kept_lo, exact kept mass, passes,
-    fallbacks)."""
+def _lane_bracket(st, t, m, k, k_on, p, p_on, key_mp, seed, offset):
+    """A lane row's search state (_lane_row), stashed for the collect pass and
+    _after_collect, in place of a search: both thresholds lie in [t, the max's key] with
+    nothing above, bracket A for top-k and bracket B for top-p (whose floor, top-k's
+    threshold, drops what lies below the top-k set).  Returns the candidates' lowest key."""
+    no = k_on & ~k_on
+    lo = tl.maximum(t.to(tl.int64), KEY_NEG_INF + 1)
+    key_max = _key(m).to(tl.int64)
+    i0 = tl.full([], 0, tl.int32)
+    f0 = tl.full([], 0.0, tl.float32)
+    _stash(st, no, lo, key_max, i0, i0, f0, f0, lo, ~p_on, lo, key_max, i0, i0, f0, f0, lo, f0,
+           f0, no, no, i0, f0, f0, key_mp, k, k_on, p, p_on, seed, offset)
+    return lo
+
+
+@_device
+def _search_and_collect(row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, key_mp, seed, offset, scratch_row, binmass_row, hist_row, lane, t, passes,
+                        HAS_TOP_K: tl.constexpr, HAS_TOP_P: tl.constexpr, JOINT: tl.constexpr,
+                        LANE: tl.constexpr, BLOCK: tl.constexpr, BIN_BITS: tl.constexpr,
+                        CAP: tl.constexpr, CHUNK: tl.constexpr, RARE_BLOCK: tl.constexpr,
+                        MAX_PASSES: tl.constexpr):
+    """After pass 1 (``passes`` reads so far): the brackets, by the search (with its
+    refine passes) or for a lane row from t, then the collect pass unless the candidates
+    outnumber the scratch.  Returns (candidates, exact Z when top-p needs it, dense, reads
+    so far)."""
     NB: tl.constexpr = 1 << BIN_BITS
-    passes, dense, cand_lo = _search(
-        row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, m_on, log_mp, seed, offset,
-        scratch_row, binmass_row, hist_row, k_on & ~k_on, HAS_TOP_K, HAS_TOP_P, JOINT, BLOCK,
-        BIN_BITS, CAP, RARE_BLOCK, MAX_PASSES)
+    dense = k_on & ~k_on
+    cand_lo = tl.full([], 0, tl.int64)
+    if LANE:
+        if lane:
+            cand_lo = _lane_bracket(scratch_row + CAP, t, m, k, k_on, p, p_on, key_mp, seed,
+                                    offset)
+    if ~lane:
+        searched, dense, cand_lo = _search(
+            row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, key_mp, seed, offset,
+            scratch_row, binmass_row, hist_row, k_on & ~k_on, HAS_TOP_K, HAS_TOP_P, JOINT,
+            BLOCK, BIN_BITS, CAP, RARE_BLOCK, MAX_PASSES)
+        passes += searched - 1
     n = tl.full([], 0, tl.int32)
     zc = tl.full([], 0, tl.int64)
     if ~dense:
         n, zc, unused_a, unused_b = _collect_pass(
             row_ptr, 0, V, m, inv_t, cand_lo, KEY_NONE, KEY_NONE, 0,
             _need_z(scratch_row + CAP, HAS_TOP_P, HAS_TOP_K and not JOINT), 0, 0, scratch_row,
-            scratch_row,
-            hist_row + 3 * NB, False, False, CAP, CHUNK, BLOCK)
+            scratch_row, hist_row + 3 * NB, False, False, CAP, CHUNK, BLOCK)
         passes += 1
-    return _after_collect(row_ptr, V, m, inv_t, n, zc, dense, passes, scratch_row,
-                          binmass_row, hist_row + 3 * NB, HAS_TOP_K, HAS_TOP_P, JOINT, PROBS,
-                          LOGPROBS, BLOCK, BIN_BITS, CAP, CHUNK, RARE_BLOCK, NOISE_TEST)
+    return n, zc, dense, passes
 
 
 @_device
-def _search(row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, m_on, log_mp, seed, offset,
+def _filtered_row(row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, m_on, log_mp, seed, offset,
+                  scratch_row, binmass_row, hist_row, words_row, lane, t, n, zc, dense, passes,
+                  collected, HAS_TOP_K: tl.constexpr, HAS_TOP_P: tl.constexpr,
+                  JOINT: tl.constexpr, PROBS: tl.constexpr, LOGPROBS: tl.constexpr,
+                  LANE_K: tl.constexpr, INLINE: tl.constexpr, BLOCK: tl.constexpr,
+                  BIN_BITS: tl.constexpr, CAP: tl.constexpr, CHUNK: tl.constexpr,
+                  RARE_BLOCK: tl.constexpr, MAX_PASSES: tl.constexpr,
+                  NOISE_TEST: tl.constexpr):
+    """The search, the collect pass and the race of a row with filters (or of a filtered
+    row of filtered_probs), after pass 1 (``passes`` reads so far), or with ``collected``
+    after the collect pass too (a split row's last launch: ``n`` candidates, exact Z
+    ``zc``, ``dense``).  A lane row (_lane_row: its candidates are the keys >= t) whose
+    candidates outnumber the scratch goes the histogram way: with INLINE here (pass 1
+    again, the search), else it stops for its caller to run it again.  Returns (token,
+    kept_lo, exact kept mass, passes, fallbacks, stopped)."""
+    LANE: tl.constexpr = HAS_TOP_K and LANE_K > 0
+    no = k_on & ~k_on
+    if ~collected:
+        n, zc, dense, passes = _search_and_collect(
+            row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, _min_p_floor(m, inv_t, m_on, log_mp),
+            seed, offset, scratch_row, binmass_row, hist_row, lane, t, passes, HAS_TOP_K,
+            HAS_TOP_P, JOINT, LANE, BLOCK, BIN_BITS, CAP, CHUNK, RARE_BLOCK, MAX_PASSES)
+    stop = no
+    if LANE:
+        if lane & (n > CAP):  # rare: more candidates than the scratch: the histogram way
+            if INLINE:
+                # (straight code, not a loop back to the search, and the parameters
+                # from the lane's stash: either way they would be live through the
+                # search, which spills)
+                st = scratch_row + CAP
+                m, z, unused = _first_pass(row_ptr, 0, V, inv_t, hist_row, True, BIN_BITS,
+                                           BLOCK)
+                n, zc, dense, passes = _search_and_collect(
+                    row_ptr, V, m, z, V, inv_t, _get_i(st, 24), _get_b(st, 25),
+                    _get_f(st, 26), _get_b(st, 27), _get_i(st, 23), _get_i(st, 28),
+                    _get_i(st, 29), scratch_row, binmass_row, hist_row, no, t, passes + 1,
+                    HAS_TOP_K, HAS_TOP_P, JOINT, LANE, BLOCK, BIN_BITS, CAP, CHUNK, RARE_BLOCK,
+                    MAX_PASSES)
+            else:
+                stop = ~no
+    token = tl.full([], 0, tl.int32)
+    kept_lo = tl.full([], 0, tl.int64)
+    kept_mass = tl.full([], FIX, tl.float64)
+    fallbacks = tl.full([], 0, tl.int32)
+    if ~stop:
+        token, kept_lo, kept_mass, passes, fallbacks = _after_collect(
+            row_ptr, V, m, inv_t, n, zc, dense, passes, scratch_row, binmass_row, words_row,
+            HAS_TOP_K, HAS_TOP_P, JOINT, PROBS, LOGPROBS, BLOCK, BIN_BITS, CAP, CHUNK,
+            RARE_BLOCK, NOISE_TEST)
+    return token, kept_lo, kept_mass, passes, fallbacks, stop
+
+
+@_device
+def _search(row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, key_mp, seed, offset,
             scratch_row, binmass_row, hist_row, bins_ready, HAS_TOP_K: tl.constexpr,
             HAS_TOP_P: tl.constexpr, JOINT: tl.constexpr, BLOCK: tl.constexpr,
             BIN_BITS: tl.constexpr, CAP: tl.constexpr, RARE_BLOCK: tl.constexpr,
@@ -1557,9 +1725,6 @@ def _search(row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, m_on, log_mp, seed, 
     passes = tl.full([], 1, tl.int32)               # pass 1 is read
     no = k_on & ~k_on
     key_max = _key(m).to(tl.int64)
-    key_mp = tl.full([], KEY_NEG_INF + 1, tl.int64)
-    if m_on:
-        key_mp = _min_p_key(m, inv_t, log_mp)
     # The top-p normaliser K is Z (joint order, or no top-k) or the top-k set's mass.
     # Until the collect pass every mass is a bound: pass 1's float32 sum bounds Z.
     z_lo, z_hi = _sum_bounds(z, V_Z, BLOCK)
@@ -1975,8 +2140,8 @@ def _search_row(row_ptr, V, row, m, z, V_Z, inv_t, k, k_on, p, p_on, m_on, log_m
     program finishes the row alone."""
     NB: tl.constexpr = 1 << BIN_BITS
     passes, dense, cand_lo = _search(
-        row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, m_on, log_mp, seed, offset,
-        scratch_row, binmass_row, hist_row, bins_ready, HAS_TOP_K, HAS_TOP_P, JOINT, BLOCK,
+        row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, _min_p_floor(m, inv_t, m_on, log_mp),
+        seed, offset, scratch_row, binmass_row, hist_row, bins_ready, HAS_TOP_K, HAS_TOP_P, JOINT, BLOCK,
         BIN_BITS, CAP, RARE_BLOCK, MAX_PASSES)
     if dense:  # rare: the candidates outnumber the scratch; alone
         token, kept_lo, kept_mass, passes, fallbacks = _after_collect(
@@ -2008,27 +2173,30 @@ def _split_kernel(
     BINS_LAUNCH: tl.constexpr, BLOCK: tl.constexpr, BIN_BITS: tl.constexpr, CAP: tl.constexpr,
     CHUNK: tl.constexpr,
     RARE_BLOCK: tl.constexpr, MAX_PASSES: tl.constexpr, NOISE_TEST: tl.constexpr,
+    LANE_K: tl.constexpr,
 ):
     """Rows split into chunks of ``chunk_len`` tokens (whole tiles): program (c, r) reads
     chunk c of row r, once per launch.
 
     PHASE 1: greedy, the chunk's max; plain, the chunk's race, proved on the chunk, with
     its max and normaliser; filtered, the chunk's pass 1 (max, normaliser, histogram by
-    atomics).  The last chunk of a row to arrive combines them and finishes a greedy or
-    plain row.  A filtered row it searches (any count refine runs there, alone: rare)
-    and leaves for PHASE 3, unless its candidates outnumber the scratch (then it
-    finishes the row alone, as _sample_row would); a top-p-alone row, when BINS_LAUNCH,
-    it leaves for PHASE 2 before searching.
+    atomics; a lane row's group maxima by an atomic max per group instead, _lane_row).
+    The last chunk of a row to arrive combines them and finishes a greedy or plain row.
+    A filtered row it searches (any count refine runs there, alone: rare), or for a lane
+    row takes the k-th largest group max, and leaves for PHASE 3, unless its candidates
+    outnumber the scratch (then it finishes the row alone, as _sample_row would); a
+    top-p-alone row, when BINS_LAUNCH, it leaves for PHASE 2 before searching.
     PHASE 2 (calls where rows may have top-p alone): those rows' chunks sum the exact
     masses of pass 1's bins (integer atomics), which top-p alone's search takes next
     (docs/design.md, "Top-p alone"); the last to arrive searches, as in PHASE 1.
     PHASE 3 (calls with filters): the chunks of the rows left waiting collect their
     candidates into the row's scratch (slots by an atomic count) and sum the exact
     normaliser (integer atomics); the last to arrive settles the thresholds and races in
-    the scratch, as _sample_row does.
+    the scratch, as _sample_row does (a lane row whose candidates outnumber the scratch
+    goes the histogram way there, alone: _filtered_row).
 
     Per row, zero at launch from hist_at on: B's bin masses (when HAS_TOP_P), three
-    histograms, the collect's words, then 8 int32: the arrival counts of PHASE 1 and 3,
+    histograms, the collect's words (a lane row's group maxima in PHASE 1), then 8 int32: the arrival counts of PHASE 1 and 3,
     the scratch's count, the collect's verdict (0: none, else the reads so far + 1), the
     exact normaliser (int64, through hist64_ptr: the same memory as int64), PHASE 2's
     arrival count and verdict.  Per row also the scratch and its state area; per program
@@ -2036,6 +2204,7 @@ def _split_kernel(
     NB: tl.constexpr = 1 << BIN_BITS
     TOP_K_FIRST: tl.constexpr = HAS_TOP_K and not JOINT
     FILTERS: tl.constexpr = HAS_TOP_K or HAS_TOP_P or HAS_MIN_P
+    LANE: tl.constexpr = HAS_TOP_K and LANE_K > 0
     chunk = tl.program_id(0)
     n_chunks = tl.num_programs(0)
     row = tl.program_id(1).to(tl.int64)
@@ -2056,6 +2225,11 @@ def _split_kernel(
                     minp_ptr, minp_val, seed_ptr, seed_val, offset_ptr, offset_val, TEMP_T,
                     TOPK_T, TOPP_T, MINP_T, SEED_T, OFFSET_T, HAS_TOP_K, HAS_TOP_P, HAS_MIN_P)
     c2 = _c2(inv_t)
+    lane = greedy & ~greedy
+    if LANE:
+        lane = _lane_row(k, k_on, LANE_K)
+    # a lane row's group maxima (keys), combined over the chunks in the collect's words
+    group_keys = (hist_row + 3 * NB).to(tl.pointer_type(tl.uint32)) + tl.arange(0, BLOCK // 4)
 
     if PHASE == 1:
         # ---- this chunk's one read
@@ -2075,8 +2249,11 @@ def _split_kernel(
             _put(part, 2, m_c)
             _put(part, 3, z_c)
         elif FILTERS:
-            m_c, z_c = _first_pass(row_ptr, lo, hi, inv_t, hist_row, HAS_TOP_K or HAS_TOP_P,
-                                   BIN_BITS, BLOCK, True)
+            m_c, z_c, m_v = _pass_one(row_ptr, lo, hi, inv_t, hist_row, lane,
+                                      HAS_TOP_K or HAS_TOP_P, LANE, BIN_BITS, BLOCK, True)
+            if LANE:
+                if lane:
+                    tl.atomic_max(group_keys, _key(m_v), sem="relaxed")
             _put(part, 2, m_c)
             _put(part, 3, z_c)
 
@@ -2128,6 +2305,13 @@ def _split_kernel(
                         _put(st, 30, m)
                         _put(st, 31, z)
                         tl.store(tail + 7, 1)
+                    elif lane:       # the candidates are the keys >= t: no search
+                        t = _kth_key(tl.load(group_keys, cache_modifier=".cg"), k)
+                        _put(st, 30, m)
+                        _put(st, 31, _lane_bracket(st, t, m, k, k_on, p, p_on,
+                                                   _min_p_floor(m, inv_t, m_on, log_mp), seed,
+                                                   offset))
+                        tl.store(tail + 3, 2)         # the collect's verdict: 1 read, + 1
                     else:
                         _search_row(row_ptr, V, row, m, z, V + n_chunks * BLOCK, inv_t, k,
                                     k_on, p, p_on, m_on, log_mp, seed, offset, scratch_row,
@@ -2170,11 +2354,18 @@ def _split_kernel(
                 _fence()
                 n = tl.load(tail + 2, cache_modifier=".cg")
                 zc = tl.load(z_sum, cache_modifier=".cg")
-                token, kept_lo, kept_mass, passes, fallbacks = _after_collect(
-                    row_ptr, V, m, inv_t, n, zc, verdict < 0, verdict, scratch_row,
-                    binmass_row, words, HAS_TOP_K, HAS_TOP_P, JOINT, False, LOGPROBS, BLOCK,
-                    BIN_BITS,
-                    CAP, CHUNK, RARE_BLOCK, NOISE_TEST)
+                if LANE:
+                    token, kept_lo, kept_mass, passes, fallbacks, unused = _filtered_row(
+                        row_ptr, V, m, tl.full([], 0.0, tl.float64), V, inv_t, k, k_on, p,
+                        p_on, m_on, log_mp, seed, offset, scratch_row, binmass_row, hist_row,
+                        words, lane, _get_i(st, 31).to(tl.uint32), n, zc, verdict < 0, verdict,
+                        ~lane | lane, HAS_TOP_K, HAS_TOP_P, JOINT, False, LOGPROBS, LANE_K,
+                        True, BLOCK, BIN_BITS, CAP, CHUNK, RARE_BLOCK, MAX_PASSES, NOISE_TEST)
+                else:
+                    token, kept_lo, kept_mass, passes, fallbacks = _after_collect(
+                        row_ptr, V, m, inv_t, n, zc, verdict < 0, verdict, scratch_row,
+                        binmass_row, words, HAS_TOP_K, HAS_TOP_P, JOINT, False, LOGPROBS, BLOCK,
+                        BIN_BITS, CAP, CHUNK, RARE_BLOCK, NOISE_TEST)
                 _finish_filtered(row_ptr, V, row, m, inv_t, token, kept_lo, kept_mass, greedy,
                                  passes, fallbacks, tokens_ptr, logprobs_ptr, logprobs_ptr,
                                  stats_row, False, LOGPROBS, STATS, BLOCK)
@@ -2544,8 +2735,16 @@ def _launch_common(a, return_logprobs, block, bin_bits, cap):
         consts, tokens, logprobs
 
 
-def _sizes_consts(block, bin_bits, cap, noise_test):
+def _sizes_consts(block, bin_bits, cap, noise_test, lane_k=None):
+    """The constexprs of the sizes; ``lane_k``: the largest top-k a row takes from pass 1's
+    group maxima (_lane_row; at most the BLOCK // 4 groups, 0 never; by default half the
+    groups, so that the k-th largest group max stays close to the k-th largest logit)."""
+    groups = block // 4
+    lane_k = groups // 2 if lane_k is None else lane_k
+    if not 0 <= lane_k <= groups:
+        raise ValueError(f"lane_k: {lane_k} is not in [0, {groups}] (block {block})")
     return dict(BLOCK=block, BIN_BITS=bin_bits, CAP=cap, CHUNK=min(CHUNK_TILE, cap, block),
+                LANE_K=lane_k,
                 RARE_BLOCK=min(RARE_TILE, block), MAX_PASSES=max_passes(bin_bits),
                 NOISE_TEST=noise_test,
                 # No FMA contraction: the kernel's float32 / float64 arithmetic must round
@@ -2556,7 +2755,7 @@ def _sizes_consts(block, bin_bits, cap, noise_test):
 
 def kernel_args(a, probs_mode: bool, *, return_logprobs: bool = True, block: int = None,
                 bin_bits: int = None, cap: int = None, programs: int = None,
-                stats: bool = False, noise_test: int = 0):
+                stats: bool = False, noise_test: int = 0, lane_k: int = None):
     """The launch of a checked call (see fused_sampler._args.Call) by _sample_kernel (a
     program per row), without launching it.
 
@@ -2567,7 +2766,8 @@ def kernel_args(a, probs_mode: bool, *, return_logprobs: bool = True, block: int
     so that every multi-tile, refine and collect path runs on small inputs); ``programs``
     the number of programs sharing the rows (each owns one scratch); ``stats`` records
     each row's full-row reads and exact fallbacks; ``noise_test`` (tests only) loosens
-    (1) or spoils (2) the race's cheap bounds.
+    (1) or spoils (2) the race's cheap bounds; ``lane_k`` the largest top-k taken from
+    pass 1's group maxima (see _sizes_consts).
     """
     x = a.logits
     B, V = x.shape
@@ -2587,8 +2787,10 @@ def kernel_args(a, probs_mode: bool, *, return_logprobs: bool = True, block: int
     stats_out = torch.empty(B, 2, dtype=torch.int32, device=dev) if stats else dummy
     args = (x, x.stride(0), V, B, *param_args,
             tokens, logprobs, probs, scratch, binmass, hists, stats_out)
+    # filtered_probs keeps the histogram way: with the lane its write pass spilled (Triton
+    # 3.9, 76 B), and it is not a decode step's call
     consts.update(PROBS=probs_mode, LOGPROBS=return_logprobs and not probs_mode, STATS=stats,
-                  **_sizes_consts(block, bin_bits, cap, noise_test))
+                  **_sizes_consts(block, bin_bits, cap, noise_test, 0 if probs_mode else lane_k))
     return (grid,), args, consts, (tokens, logprobs, probs, stats_out)
 
 
@@ -2636,7 +2838,7 @@ def split_plan(B: int, V: int, device: torch.device, filtered: bool, chunks: int
 
 def split_kernel_args(a, chunks: int, *, return_logprobs: bool = True, block: int = None,
                       bin_bits: int = None, cap: int = None, stats: bool = False,
-                      noise_test: int = 0, phase: int = 1):
+                      noise_test: int = 0, phase: int = 1, lane_k: int = None):
     """The launch of a checked sampling call by _split_kernel, rows cut into ``chunks``
     chunks of whole tiles (grid chunks x B), for its first launch (``phase`` 1; then,
     with the same arguments, PHASE=2 where the constexprs say BINS_LAUNCH, and PHASE=3
@@ -2671,7 +2873,7 @@ def split_kernel_args(a, chunks: int, *, return_logprobs: bool = True, block: in
     k_everywhere = has_k and not isinstance(a.top_k, torch.Tensor) and 0 < a.top_k < V
     consts.update(LOGPROBS=return_logprobs, STATS=stats, PHASE=phase,
                   BINS_LAUNCH=has_p and has_k and not k_everywhere,
-                  **_sizes_consts(block, bin_bits, cap, noise_test))
+                  **_sizes_consts(block, bin_bits, cap, noise_test, lane_k))
     return (chunks, B), args, consts, (tokens, logprobs, dummy, stats_out)
 
 

@@ -70,6 +70,8 @@ class Spec:
 
 _T07 = dict(temperature=0.7)
 _TWO = ("first", "collect")
+# a top-k of at most lane_k: pass 1 without the histogram, no search (sampler._lane_row)
+_LANE = ("first (lane)", "collect")
 SPECS = (
     Spec("plain fp32", {}, typical=("race",)),
     Spec("plain bf16", {}, torch.bfloat16, typical=("race",)),
@@ -77,14 +79,14 @@ SPECS = (
     Spec("plain+logprobs bf16", {}, torch.bfloat16, logprobs=True, typical=("race",)),
     Spec("greedy mix fp32", dict(temperature="mix"), typical=("race",)),
     Spec("min_p fp32", dict(min_p=0.05), typical=_TWO),
-    Spec("top_k fp32", dict(top_k=50), typical=_TWO),
+    Spec("top_k fp32", dict(top_k=50), typical=_LANE),
     Spec("top_p fp32", dict(top_p=0.95), typical=("first", "bin masses", "collect")),
-    Spec("top_k_top_p fp32", dict(_T07, top_k=50, top_p=0.9), typical=_TWO),
-    Spec("top_k_top_p bf16", dict(_T07, top_k=50, top_p=0.9), torch.bfloat16, typical=_TWO),
+    Spec("top_k_top_p fp32", dict(_T07, top_k=50, top_p=0.9), typical=_LANE),
+    Spec("top_k_top_p bf16", dict(_T07, top_k=50, top_p=0.9), torch.bfloat16, typical=_LANE),
     Spec("top_k_top_p joint fp32", dict(_T07, top_k=50, top_p=0.9, order="joint"),
-         typical=_TWO),
+         typical=_LANE),
     Spec("all filters+logprobs fp32", dict(_T07, top_k=50, top_p=0.9, min_p=0.02),
-         logprobs=True, typical=_TWO),
+         logprobs=True, typical=_LANE),
     Spec("filtered_probs fp32", dict(_T07, top_k=50, top_p=0.9), probs=True,
          typical=("first", "collect", "write")),
     # small batches (issue 11): a row's chunks over many programs, as split_plan cuts a
@@ -93,7 +95,7 @@ SPECS = (
     Spec("split plain+logprobs fp32", {}, logprobs=True, typical=("race",),
          split=(126, 1024, 1)),
     Spec("split top_k_top_p fp32, launch 1", dict(_T07, top_k=50, top_p=0.9),
-         typical=("first",), split=(32, 4096, 1)),
+         typical=("first (lane)",), split=(32, 4096, 1)),
     Spec("split top_k_top_p fp32, collect", dict(_T07, top_k=50, top_p=0.9),
          typical=("collect",), split=(32, 4096, 3)),
     Spec("split top_p fp32, launch 1", dict(top_p=0.95), typical=("first",),
@@ -103,7 +105,8 @@ SPECS = (
     Spec("split top_p fp32, collect", dict(top_p=0.95), typical=("collect",),
          split=(32, 4096, 3)),
     Spec("split all filters+logprobs fp32, launch 1",
-         dict(_T07, top_k=50, top_p=0.9, min_p=0.02), logprobs=True, typical=("first",),
+         dict(_T07, top_k=50, top_p=0.9, min_p=0.02), logprobs=True,
+         typical=("first (lane)",),
          split=(32, 4096, 1)),
     # tensor parallel (issue 13): a plain shard's chunk summaries (_shard_kernel)
     Spec("shard plain bf16", {}, torch.bfloat16, typical=("race",), shard=True),
@@ -395,10 +398,11 @@ def estimate(gpu, B, V, itemsize, passes, registers, warps, block, launch_progra
 # scratch's entries 1 (held in registers when it has at most CHUNK, so that its masses,
 # top-k's histogram levels and the race's cheap keys read no memory), top-p's levels at
 # about three, each with atomics read back 2, the race's exact keys 1, the token's
-# logit 1: 11; 18 while each of those loops read the scratch again).
+# logit 1: 11; 18 while each of those loops read the scratch again; launch 1 of a top-k
+# row from group maxima, no search: the chunks' summaries, the group maxima, the stash: 3).
 LAUNCH_S = 2.0e-6
 MEMSET_S = 1.0e-6
-TAIL_TRIPS = {"race": 4, "first": 8, "bin masses": 8, "collect": 11}
+TAIL_TRIPS = {"race": 4, "first": 8, "first (lane)": 3, "bin masses": 8, "collect": 11}
 
 
 def estimate_split(gpu, B, V, itemsize, launches, registers, warps, block, chunks):
@@ -475,10 +479,15 @@ def problems(result):
 
 
 def per_pass(result):
-    """{stream name: instructions per element} (the costliest SASS copy of each)."""
+    """{stream name: instructions per element} (the costliest SASS copy of each; and
+    "first (lane)", the cheapest counted copy of pass 1: the one without the histogram
+    that a top-k row from group maxima runs, sampler._lane_row)."""
     best = {}
     for loop in result["loops"]:
         best[loop["stream"]] = max(best.get(loop["stream"], 0), loop["per_element"])
+        if loop["stream"] == "first" and loop["per_element"] > 0:
+            best["first (lane)"] = min(best.get("first (lane)", math.inf),
+                                       loop["per_element"])
     return best
 
 

@@ -284,6 +284,40 @@ def test_pass_counts_of_each_path():
     assert max(assert_matches_reference(logits, dict(cap=8), top_p=0.95).tolist()) >= 3
 
 
+# 16 groups of four lanes; bins 2^29 keys wide, so the histogram way refines
+LANE_CFG = dict(block=64, bin_bits=3, cap=16)
+
+
+@pytest.mark.parametrize("chunks", [0, 3, 64], ids=["per_row", "S3", "S64"])
+def test_top_k_from_group_maxima_reads_twice_where_the_histogram_refines(chunks):
+    # sampler._lane_row: a top-k of at most lane_k takes as candidates the keys at or
+    # above the k-th largest of pass 1's group maxima, a handful on LLM-like rows: two
+    # reads, where the same rows the histogram way (lane_k=0) refine its coarse bins.  A
+    # top-k of every group (16) gathers too many for the scratch and goes the histogram
+    # way after its collect, two reads wasted.  A split row combines its chunks' groups
+    # into the same candidates: the same reads; the reference's tokens and kept sets.
+    logits = llm_like(4, 600, seed=11)
+    params = dict(temperature=0.8, top_k=torch.tensor([1, 5, 8, 16]), top_p=0.9)
+    lane = assert_matches_reference(logits, dict(LANE_CFG, lane_k=16, chunks=chunks),
+                                    **params).tolist()
+    histogram = assert_matches_reference(logits, dict(LANE_CFG, lane_k=0, chunks=chunks),
+                                         **params).tolist()
+    assert lane[:3] == [2, 2, 2] and min(histogram[:3]) > 2, (lane, histogram)
+    assert lane[3] == 2 + histogram[3], (lane, histogram)
+    # a row of ties: every key is the k-th largest group max's; the histogram way, exact
+    ties = torch.zeros(2, 300)
+    ties[1, ::7] = 1.0
+    assert_matches_reference(ties, dict(LANE_CFG, lane_k=16, chunks=chunks), top_k=5,
+                             top_p=0.8, order="joint")
+
+
+def test_lane_k_is_at_most_the_groups():
+    a = _args.check(torch.zeros(1, 64), 1.0, 5, None, None, "top_k_first", seed=0, offset=0,
+                    validate=False)
+    with pytest.raises(ValueError, match="lane_k"):
+        sampler.kernel_args(a, False, block=64, lane_k=17)
+
+
 RACE_PATHS = {   # (sizes, params): which race decides the token
     "plain": (CONFIGS["small"], dict(temperature=0.8)),                  # one-read race
     "scratch": (dict(block=64, bin_bits=5, cap=256), dict(top_k=50)),     # kept in scratch
