@@ -16,6 +16,8 @@ takes one of three paths, each a few streaming passes over the row in BLOCK-wide
            first    max, normaliser, count histogram of the logits' order keys.
            search   the counts pin the top-k threshold to a bin; count and mass bounds
                     bracket the top-p one; min-p is an exact key threshold (bisection).
+                    A top-k of at most LANE_K needs neither histogram nor search: the
+                    k-th largest of pass 1's group maxima bounds it (_lane_row).
            refine   when a bracket holds more tokens than the scratch: finer histograms
                     of it, or exact bin masses (the next search narrows it).  Top-p alone
                     takes the exact masses of pass 1's bins (bin masses) first.
