@@ -1621,7 +1621,8 @@ def _lane_bracket(st, t, m, k, k_on, p, p_on, key_mp, seed, offset):
 
 
 @_device
-def _search_and_collect(row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, key_mp, seed, offset, scratch_row, binmass_row, hist_row, lane, t, passes,
+def _search_and_collect(row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, key_mp, seed, offset,
+                        scratch_row, binmass_row, hist_row, lane, t, passes,
                         HAS_TOP_K: tl.constexpr, HAS_TOP_P: tl.constexpr, JOINT: tl.constexpr,
                         LANE: tl.constexpr, BLOCK: tl.constexpr, BIN_BITS: tl.constexpr,
                         CAP: tl.constexpr, CHUNK: tl.constexpr, RARE_BLOCK: tl.constexpr,
@@ -1655,6 +1656,14 @@ def _search_and_collect(row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, key_mp, 
 
 
 @_device
+def _stashed_params(st):
+    """The row's parameters from the stashed search state (_stash's slots): (k, k_on, p,
+    p_on, min-p's lowest key, seed, offset)."""
+    return _get_i(st, 24), _get_b(st, 25), _get_f(st, 26), _get_b(st, 27), _get_i(st, 23), \
+        _get_i(st, 28), _get_i(st, 29)
+
+
+@_device
 def _filtered_row(row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, m_on, log_mp, seed, offset,
                   scratch_row, binmass_row, hist_row, words_row, lane, t, n, zc, dense, passes,
                   collected, HAS_TOP_K: tl.constexpr, HAS_TOP_P: tl.constexpr,
@@ -1674,8 +1683,9 @@ def _filtered_row(row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, m_on, log_mp, 
     no = k_on & ~k_on
     if ~collected:
         n, zc, dense, passes = _search_and_collect(
-            row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, _min_p_floor(m, inv_t, m_on, log_mp),
-            seed, offset, scratch_row, binmass_row, hist_row, lane, t, passes, HAS_TOP_K,
+            row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on,
+            _min_p_floor(m, inv_t, m_on, log_mp), seed, offset, scratch_row, binmass_row,
+            hist_row, lane, t, passes, HAS_TOP_K,
             HAS_TOP_P, JOINT, LANE, BLOCK, BIN_BITS, CAP, CHUNK, RARE_BLOCK, MAX_PASSES)
     stop = no
     if LANE:
@@ -1684,14 +1694,13 @@ def _filtered_row(row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, m_on, log_mp, 
                 # (straight code, not a loop back to the search, and the parameters
                 # from the lane's stash: either way they would be live through the
                 # search, which spills)
-                st = scratch_row + CAP
+                k, k_on, p, p_on, key_mp, seed, offset = _stashed_params(scratch_row + CAP)
                 m, z, unused = _first_pass(row_ptr, 0, V, inv_t, hist_row, True, BIN_BITS,
                                            BLOCK)
                 n, zc, dense, passes = _search_and_collect(
-                    row_ptr, V, m, z, V, inv_t, _get_i(st, 24), _get_b(st, 25),
-                    _get_f(st, 26), _get_b(st, 27), _get_i(st, 23), _get_i(st, 28),
-                    _get_i(st, 29), scratch_row, binmass_row, hist_row, no, t, passes + 1,
-                    HAS_TOP_K, HAS_TOP_P, JOINT, LANE, BLOCK, BIN_BITS, CAP, CHUNK, RARE_BLOCK,
+                    row_ptr, V, m, z, V, inv_t, k, k_on, p, p_on, key_mp, seed, offset,
+                    scratch_row, binmass_row, hist_row, no, t, passes + 1, HAS_TOP_K,
+                    HAS_TOP_P, JOINT, LANE, BLOCK, BIN_BITS, CAP, CHUNK, RARE_BLOCK,
                     MAX_PASSES)
             else:
                 stop = ~no
@@ -2143,8 +2152,8 @@ def _search_row(row_ptr, V, row, m, z, V_Z, inv_t, k, k_on, p, p_on, m_on, log_m
     NB: tl.constexpr = 1 << BIN_BITS
     passes, dense, cand_lo = _search(
         row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, _min_p_floor(m, inv_t, m_on, log_mp),
-        seed, offset, scratch_row, binmass_row, hist_row, bins_ready, HAS_TOP_K, HAS_TOP_P, JOINT, BLOCK,
-        BIN_BITS, CAP, RARE_BLOCK, MAX_PASSES)
+        seed, offset, scratch_row, binmass_row, hist_row, bins_ready, HAS_TOP_K, HAS_TOP_P,
+        JOINT, BLOCK, BIN_BITS, CAP, RARE_BLOCK, MAX_PASSES)
     if dense:  # rare: the candidates outnumber the scratch; alone
         token, kept_lo, kept_mass, passes, fallbacks = _after_collect(
             row_ptr, V, m, inv_t, tl.full([], 0, tl.int32), tl.full([], 0, tl.int64), dense,
@@ -2198,7 +2207,8 @@ def _split_kernel(
     goes the histogram way there, alone: _filtered_row).
 
     Per row, zero at launch from hist_at on: B's bin masses (when HAS_TOP_P), three
-    histograms, the collect's words (a lane row's group maxima in PHASE 1), then 8 int32: the arrival counts of PHASE 1 and 3,
+    histograms, the collect's words (a lane row's group maxima in PHASE 1), then 8 int32:
+    the arrival counts of PHASE 1 and 3,
     the scratch's count, the collect's verdict (0: none, else the reads so far + 1), the
     exact normaliser (int64, through hist64_ptr: the same memory as int64), PHASE 2's
     arrival count and verdict.  Per row also the scratch and its state area; per program
@@ -2231,7 +2241,8 @@ def _split_kernel(
     if LANE:
         lane = _lane_row(k, k_on, LANE_K)
     # a lane row's group maxima (keys), combined over the chunks in the collect's words
-    group_keys = (hist_row + 3 * NB).to(tl.pointer_type(tl.uint32)) + tl.arange(0, BLOCK // 4)
+    group_keys = (hist_row + 3 * NB).to(tl.pointer_type(tl.uint32)) + \
+        tl.arange(0, BLOCK // 4)
 
     if PHASE == 1:
         # ---- this chunk's one read
@@ -2792,7 +2803,8 @@ def kernel_args(a, probs_mode: bool, *, return_logprobs: bool = True, block: int
     # filtered_probs keeps the histogram way: with the lane its write pass spilled (Triton
     # 3.9, 76 B), and it is not a decode step's call
     consts.update(PROBS=probs_mode, LOGPROBS=return_logprobs and not probs_mode, STATS=stats,
-                  **_sizes_consts(block, bin_bits, cap, noise_test, 0 if probs_mode else lane_k))
+                  **_sizes_consts(block, bin_bits, cap, noise_test,
+                                  0 if probs_mode else lane_k))
     return (grid,), args, consts, (tokens, logprobs, probs, stats_out)
 
 
