@@ -393,47 +393,62 @@ def _candidates(a, real, n, vocab_start, group, validate):
     """(tokens, logprobs) of a call with a scalar top-k (CANDIDATES_MAX at most; top-p
     under "top_k_first" and min-p allowed) in one all-gather.
 
-    Every token the row keeps is among some shard's k largest, or ties with that shard's
-    k-th largest c_r: a shard whose c_r is the row's k-th largest sends, besides its k
-    candidates (logit, global index, noise), the count of its tokens tied at c_r past
-    them and the best noise among those (they share one logit, so one weight and one
-    key but for the noise).  From that every rank computes the row's thresholds, masses
-    (exact fixed point), race and normaliser, exactly as the reference does for the
-    whole row.  Rows with +inf or no finite logit are uniform over their +inf tokens or
-    all tokens whatever the filters (_finish_rows)."""
+    Every token the row keeps is above some shard's k-th largest c_r, or ties with it
+    where c_r is the row's k-th largest.  So each shard sends, as candidates, its tokens
+    among its k largest that lie strictly above c_r (logit, global index, noise; fewer
+    than k, padded), and its tokens tied at c_r as one group: c_r, their count, and the
+    best noise among them with its index (they share one logit, so one weight and one
+    key but for the noise).  The row's k-th largest is the k-th largest of the candidates
+    and the groups, each group counted as many times as it holds tokens; from that every
+    rank computes the row's thresholds, masses (exact fixed point), race and normaliser,
+    exactly as the reference does for the whole row.  A shard narrower than k sends all
+    its finite tokens as candidates and its -inf ones as the group (c_r = -inf: they
+    count towards k, and never win).  Rows with +inf or no finite logit are uniform over
+    their +inf tokens or all tokens whatever the filters (_finish_rows).
+
+    On the kernel's backends the shard's summary is torch.topk and one launch
+    (_candidates_kernel: the candidates' noise, the group, the shared columns; one read
+    of the shard); on "reference", PyTorch operations (_candidate_columns)."""
+    cols = _candidate_summary(a, real, n, vocab_start, validate)
+    greedy, inv_t = greedy_and_inv_t(a.temperature, a.batch, a.logits.device)
+    return _candidates_result(a, *_split(_exchange(a, cols, group, validate)), greedy,
+                              inv_t)
+
+
+def _candidate_summary(a, real, n, vocab_start, validate, block=None):
+    """[B, _SHARED + 3k + 4] float64: this shard's summary for _candidates, on the
+    call's backend: torch.topk and _candidates_kernel (``block``: its tile, tests shrink
+    it), or PyTorch (_candidate_columns)."""
+    sampler = _kernel(a)
+    if sampler is None:
+        return _candidate_columns(a, real, n, vocab_start, a.top_k)
+    x = torch.nan_to_num(a.logits.float(), nan=float("-inf"), posinf=float("inf"),
+                         neginf=float("-inf"))
+    top_x, top_i = torch.topk(x, min(a.top_k, x.shape[1]), dim=1)
+    cols = sampler.candidate_columns(a, top_x, top_i, vocab_start, n, a.top_k,
+                                     block=block)
+    if validate and not _args.capturing(a.logits):
+        cols[:, 1] = (torch.isnan(a.logits) & real).any(dim=1).double()
+    return cols
+
+
+def _candidates_result(a, e, m_raw, shared, greedy, inv_t):
+    """_candidates' tokens and log-probs from every shard's summaries (split by _split),
+    in PyTorch operations."""
     k, B, dev = a.top_k, a.batch, a.logits.device
-    greedy, inv_t, raw, x = _local(a, real)
-    g = _noise(a, n, vocab_start)
-    kk = min(k, x.shape[1])
-    top_x, top_i = torch.topk(x, kk, dim=1)
-    ok = real.expand(B, -1).gather(1, top_i)
-    c_x = torch.where(ok, top_x, float("-inf"))
-    c_idx = torch.where(ok, top_i.double() + vocab_start, _NO_INDEX)
-    c_g = g.gather(1, top_i).double()
-    kth = c_x[:, -1] if kk == k else torch.full((B,), float("-inf"), device=dev)
-    chosen = torch.zeros_like(real.expand(B, -1)).scatter_(1, top_i, True)
-    tied = real & ~chosen & (x == kth[:, None]) & (kth[:, None] > float("-inf"))
-    tied_g = torch.where(tied, g.double(), float("-inf"))
-    tied_best = tied_g.amax(dim=1)
-    pos = torch.arange(x.shape[1], device=dev, dtype=torch.float64)[None, :] + vocab_start
-    tied_idx = torch.where(tied & (tied_g == tied_best[:, None]), pos, _NO_INDEX).amin(dim=1)
-    pad = [torch.full((B, k - kk), v, device=dev, dtype=torch.float64)
-           for v in (float("-inf"), _NO_INDEX, 0.0)]
-    own = torch.cat([c_x.double(), pad[0], c_idx, pad[1], c_g, pad[2],
-                     torch.stack([kth.double(), tied.sum(dim=1).double(), tied_best,
-                                  tied_idx], dim=1)], dim=1)
-    shared = _shared_columns(x, raw, g.double(), real, vocab_start)
-    e, m_raw, shared = _split(_exchange(a, torch.cat([shared, own], dim=1), group,
-                                        validate))
     W = e.shape[0]
     cand = e[:, :, :3 * k].reshape(W, B, 3, k).permute(1, 2, 0, 3).reshape(B, 3, W * k)
     X, I, G = cand[:, 0].float(), cand[:, 1], cand[:, 2]
     ex = e[:, :, 3 * k:]                                      # [W, B, 4]: the ties
     finite = (m_raw > float("-inf")) & (m_raw < float("inf"))
     m = torch.where(finite, m_raw, 0.0).float()[:, None]
-    # the shards' ties past their candidates: [B, W] count, noise, index at logit kth_r
+    # the shards' groups tied at their k-th largest: [B, W] logit kth_r, count
     kth_r, n_tied = ex[:, :, 0].T.float(), ex[:, :, 1].T
-    theta_k = torch.topk(X, k, dim=1).values[:, -1:]              # the row's k-th largest
+    # the row's k-th largest: of the candidates and the groups, a group counting its size
+    vals, order = torch.sort(torch.cat([X, kth_r], dim=1), dim=1, descending=True)
+    reach = torch.cumsum(torch.cat([(I < _NO_INDEX).double(), n_tied], dim=1)
+                         .gather(1, order), dim=1)
+    theta_k = vals.gather(1, (reach < k).sum(dim=1, keepdim=True))
     keep = (I < _NO_INDEX) & (X >= theta_k)
     tied_on = (n_tied > 0) & (kth_r == theta_k)
     d = scaled(X, m, inv_t)
@@ -447,7 +462,9 @@ def _candidates(a, real, n, vocab_start, group, validate):
         passes = keep & (strictly_above(X, q).double() < pk[:, None])
         theta_p = torch.where(passes, X, float("inf")).amin(dim=1, keepdim=True)
         keep &= ~p_on[:, None] | (X >= theta_p)
-        tied_on &= ~p_on[:, None] | (theta_k >= theta_p)
+        # a group at theta_k passes when the kept mass strictly above it is below pK
+        above_k = torch.where(X > theta_k, q, 0).sum(dim=1).double()
+        tied_on &= ~p_on[:, None] | (above_k < pk)[:, None]
     if a.min_p is not None:
         mp = _args.rows(a.min_p, B, torch.float32, dev)
         mp_on = mp > 0
@@ -467,6 +484,35 @@ def _candidates(a, real, n, vocab_start, group, validate):
     w = torch.where(keep, torch.exp(d).double(), 0.0).sum(dim=1) + \
         torch.where(tied_on, n_tied * torch.exp(d_tied).double(), 0.0).sum(dim=1)
     return _finish_rows(token, d_tok - torch.log(w), greedy, m_raw, shared)
+
+
+def _candidate_columns(a, real, n, vocab_start, k):
+    """[B, _SHARED + 3k + 4] float64: _candidates' summary of the shard, by PyTorch: the
+    shared columns, the candidates (logits, global indices, noises; padded with -inf,
+    _NO_INDEX and 0), then the group tied at the shard's k-th largest (its logit, size,
+    best noise and that token's index)."""
+    B, dev = a.batch, a.logits.device
+    raw, x = a.logits.float(), torch.where(real, clean(a.logits), float("-inf"))
+    g = _noise(a, n, vocab_start).double()
+    kk = min(k, x.shape[1])
+    top_x, top_i = torch.topk(x, kk, dim=1)
+    kth = top_x[:, -1] if kk == k else torch.full((B,), float("-inf"), device=dev)
+    above = real.expand(B, -1).gather(1, top_i) & (top_x > kth[:, None])
+    pad = [torch.full((B, k - kk), v, device=dev, dtype=torch.float64)
+           for v in (float("-inf"), _NO_INDEX, 0.0)]
+    tied = real & (x == kth[:, None])
+    tied_g = torch.where(tied & (kth[:, None] > float("-inf")), g, float("-inf"))
+    best = tied_g.amax(dim=1)
+    pos = torch.arange(x.shape[1], device=dev, dtype=torch.float64)[None, :] + vocab_start
+    best_idx = torch.where(tied_g == best[:, None], pos, _NO_INDEX).amin(dim=1)
+    return torch.cat([
+        _shared_columns(x, raw, g, real, vocab_start),
+        torch.where(above, top_x, float("-inf")).double(), pad[0],
+        torch.where(above, top_i.double() + vocab_start, _NO_INDEX), pad[1],
+        torch.where(above, g.gather(1, top_i), 0.0), pad[2],
+        torch.stack([kth.double(), tied.sum(dim=1).double(), best,
+                     torch.where(best > float("-inf"), best_idx, _NO_INDEX)], dim=1)],
+        dim=1)
 
 
 def sample(local_logits, *, vocab_start, vocab_size, group=None, temperature=1.0, top_k=None,

@@ -2652,12 +2652,135 @@ def _combine_shards_kernel(parts_ptr, P, B, temp_ptr, temp_val, tokens_ptr, logp
     tl.store(logprobs_ptr + row, tl.where(greedy, 0.0, logp).to(tl.float32))
 
 
+SHARED_COLS = tl.constexpr(9)   # the odd rows' columns at the front of every summary
+
+
+@triton.jit
+def _candidates_kernel(
+    logits_ptr, stride_row, start, n, top_x_ptr, top_i_ptr, kk, k, full,
+    seed_ptr, seed_val, offset_ptr, offset_val, out_ptr, out_cols,
+    SEED_T: tl.constexpr, OFFSET_T: tl.constexpr, BLOCK: tl.constexpr, KB: tl.constexpr,
+    RARE_BLOCK: tl.constexpr,
+):
+    """A vocabulary shard's summary for a call with a scalar top-k (candidates; the
+    layout of fused_sampler.distributed._candidate_columns, which the reference backend
+    builds from PyTorch operations): program r writes row r's out_cols float64.
+
+    From the shard's ``kk`` largest (``top_x``, ``top_i``: torch.topk of the sanitised
+    logits) and ``c``, its k-th largest (-inf where ``full`` is 0, the shard narrower
+    than k): the candidates (those strictly above c: logit, global index, noise; padded
+    to k), the odd rows' SHARED_COLS (max, lowest index of it, the +inf tokens' count
+    and best noise, the best noise of all where the shard has nothing above -inf, the
+    token count; the NaN flag left 0 for the caller) and the group tied at c (c, its
+    size, its best noise and that token's index).  One read of the shard, which counts
+    the group; its noise is the kk largest's, unless the group reaches past them, or the
+    shard holds +inf or nothing above -inf: then a second read draws the noise of the
+    tiles holding such tokens (one Philox call a token and stream)."""
+    row = tl.program_id(0).to(tl.int64)
+    row_ptr = logits_ptr + row * stride_row - start        # indexed by global token index
+    end = start + n
+    seed = _param(seed_ptr, seed_val, row, SEED_T, tl.int64)
+    offset = _param(offset_ptr, offset_val, row, OFFSET_T, tl.int64)
+    off_lo, off_hi = _offset_halves(offset)
+    out = out_ptr + row * out_cols
+    c = tl.where(full != 0, tl.load(top_x_ptr + row * kk + kk - 1), NEG_INF)
+    # the candidates, with their noise; the group's tokens among the kk largest
+    j = tl.arange(0, KB)
+    has = j < kk
+    cx = tl.load(top_x_ptr + row * kk + j, mask=has, other=NEG_INF)
+    ci = tl.load(top_i_ptr + row * kk + j, mask=has, other=0).to(tl.int32) + start
+    above = has & (cx > c)
+    cg = _gumbel(_token_words(seed, off_lo, off_hi, ci, 0),
+                 _token_words(seed, off_lo, off_hi, ci, 1))
+    cand = out + SHARED_COLS + j
+    tl.store(cand, tl.where(above, cx, NEG_INF).to(tl.float64), mask=j < k)
+    tl.store(cand + k, tl.where(above, ci.to(tl.float64), NO_INDEX_F), mask=j < k)
+    tl.store(cand + 2 * k, tl.where(above, cg, 0.0).to(tl.float64), mask=j < k)
+    in_top = has & (cx == c)
+    n_top = tl.sum(in_top.to(tl.int32), 0)
+    best_tie = tl.max(tl.where(in_top & (cx > NEG_INF), cg, NEG_INF), 0)  # -inf: no race
+    i_tie = tl.min(tl.where(in_top & (cg == best_tie), ci, NO_TOKEN), 0)
+    # the shard, once: its max and first index, its +inf tokens, the group's size.  No
+    # lane mask: the last tile's padding is -inf, which beats no max (each lane's index
+    # starts at its first token), is not +inf, and is c only where c = -inf; there the
+    # group is every token but those above c, all of which are among the kk largest
+    m_v = tl.full([BLOCK], NEG_INF, tl.float32)
+    i_v = start + tl.arange(0, BLOCK)
+    n_inf_v = tl.zeros([BLOCK], tl.int32)
+    n_tie_v = tl.zeros([BLOCK], tl.int32)
+    for lo in range(start, end, BLOCK):  # stream: candidates' shard
+        offs, x = _load_tile(row_ptr, lo, end, BLOCK, True)
+        first = x > m_v                                   # tiles in index order
+        m_v = tl.where(first, x, m_v)
+        i_v = tl.where(first, offs, i_v)
+        n_inf_v += (x == POS_INF).to(tl.int32)
+        n_tie_v += (x == c).to(tl.int32)
+    m_r = tl.max(m_v, 0)
+    i_r = tl.where(n > 0, tl.min(tl.where(m_v == m_r, i_v, NO_TOKEN), 0), NO_TOKEN)
+    n_inf = tl.sum(n_inf_v, 0)
+    n_tie = tl.where(c > NEG_INF, tl.sum(n_tie_v, 0), n - tl.sum(above.to(tl.int32), 0))
+    best_inf = tl.full([], NEG_INF, tl.float32)
+    i_inf = tl.full([], NO_TOKEN, tl.int32)
+    best_all = best_inf
+    i_all = i_inf
+    if (n_inf > 0) | (m_r == NEG_INF) | ((n_tie > n_top) & (c > NEG_INF)):  # rare: odd
+        # tokens, or a group reaching past the kk largest: the noise of their tiles
+        every = tl.where(m_r == NEG_INF, POS_INF, NEG_INF)  # a bound, not a boolean:
+        # "Interpreter notes" in docs/design.md
+        none = tl.full([RARE_BLOCK], NO_TOKEN, tl.int32)
+        g_tie_v = tl.full([RARE_BLOCK], NEG_INF, tl.float32)
+        i_tie_v = none
+        g_inf_v = g_tie_v
+        i_inf_v = none
+        g_all_v = g_tie_v
+        i_all_v = none
+        for lo in range(start, end, RARE_BLOCK):  # stream: candidates' odd tokens (tile RARE_BLOCK)
+            offs, x = _load_tile(row_ptr, lo, end, RARE_BLOCK, True)
+            ok = offs < end
+            racing = ok & (x == c) & (x > NEG_INF)            # a group of -inf never races
+            is_inf = ok & (x == POS_INF)
+            anyone = ok & (x < every)                         # no token above -inf
+            if tl.max((racing | is_inf | anyone).to(tl.int32), 0) > 0:
+                g = _gumbel(_token_words(seed, off_lo, off_hi, offs, 0),
+                            _token_words(seed, off_lo, off_hi, offs, 1))
+                win = racing & (g > g_tie_v)                  # tiles in index order
+                g_tie_v = tl.where(win, g, g_tie_v)
+                i_tie_v = tl.where(win, offs, i_tie_v)
+                win = is_inf & (g > g_inf_v)
+                g_inf_v = tl.where(win, g, g_inf_v)
+                i_inf_v = tl.where(win, offs, i_inf_v)
+                win = anyone & (g > g_all_v)
+                g_all_v = tl.where(win, g, g_all_v)
+                i_all_v = tl.where(win, offs, i_all_v)
+        best_tie = tl.max(g_tie_v, 0)
+        i_tie = tl.min(tl.where(g_tie_v == best_tie, i_tie_v, NO_TOKEN), 0)
+        best_inf = tl.max(g_inf_v, 0)
+        i_inf = tl.min(tl.where(g_inf_v == best_inf, i_inf_v, NO_TOKEN), 0)
+        best_all = tl.max(g_all_v, 0)
+        i_all = tl.min(tl.where(g_all_v == best_all, i_all_v, NO_TOKEN), 0)
+    tl.store(out, m_r.to(tl.float64))
+    tl.store(out + 1, 0.0)
+    tl.store(out + 2, tl.where(i_r != NO_TOKEN, i_r.to(tl.float64), NO_INDEX_F))
+    tl.store(out + 3, best_inf.to(tl.float64))
+    tl.store(out + 4, tl.where(i_inf != NO_TOKEN, i_inf.to(tl.float64), NO_INDEX_F))
+    tl.store(out + 5, best_all.to(tl.float64))
+    tl.store(out + 6, tl.where(i_all != NO_TOKEN, i_all.to(tl.float64), NO_INDEX_F))
+    tl.store(out + 7, n_inf.to(tl.float64))
+    tl.store(out + 8, (end - start).to(tl.float64))
+    group = out + SHARED_COLS + 3 * k
+    tl.store(group, c.to(tl.float64))
+    tl.store(group + 1, n_tie.to(tl.float64))
+    tl.store(group + 2, best_tie.to(tl.float64))
+    tl.store(group + 3, tl.where(i_tie != NO_TOKEN, i_tie.to(tl.float64), NO_INDEX_F))
+
+
 # ----------------------------------------------------------------------------- launcher
 
 DEFAULT_BIN_BITS = 10
 DEFAULT_CAP = 4096
 RARE_TILE = 512
 CHUNK_TILE = 1024
+CANDIDATE_TILE = 1024
 
 
 @functools.lru_cache(maxsize=256)
@@ -3027,3 +3150,37 @@ def combine_shards(a, parts: torch.Tensor, block_p: int = 64):
     if parts.shape[1]:
         _combine_shards_kernel[(parts.shape[1],)](*args, **kwargs)
     return args[5], args[6]
+
+
+def candidate_kernel_args(a, top_x: torch.Tensor, top_i: torch.Tensor, start: int, n: int,
+                          k: int, block: int = None):
+    """The launch of _candidates_kernel (grid B) for a vocabulary shard of ``n`` tokens
+    from global index ``start`` (``a.logits``: [B, n], or a stand-in column when n = 0,
+    never read) and a scalar top-k of ``k``, from the shard's largest: ``top_x`` float32
+    and ``top_i`` int64 [B, min(k, width)], torch.topk of its sanitised logits.
+    ``block``: the tile (CANDIDATE_TILE; tests shrink it).  Returns (grid, args,
+    constexprs and options, the float64 [B, SHARED_COLS + 3k + 4] summary)."""
+    x = a.logits
+    B, kk = top_x.shape
+    dummy = torch.empty(1, dtype=torch.int64, device=x.device)
+    seed_ptr, seed_val, seed_t = _scalar_or_tensor(a.seed, torch.int64, dummy)
+    off_ptr, off_val, off_t = _scalar_or_tensor(a.offset, torch.int64, dummy)
+    cols = SHARED_COLS.value + 3 * k + 4
+    out = torch.empty(B, cols, dtype=torch.float64, device=x.device)
+    args = (x, x.stride(0), start, n, top_x.contiguous(), top_i.contiguous(), kk, k,
+            int(kk == k), seed_ptr, seed_val, off_ptr, off_val, out, cols)
+    block = block or CANDIDATE_TILE
+    return (B,), args, dict(SEED_T=seed_t, OFFSET_T=off_t, BLOCK=block,
+                            KB=max(16, 1 << (k - 1).bit_length()),
+                            RARE_BLOCK=min(RARE_TILE, block), num_warps=4,
+                            enable_fp_fusion=False), out
+
+
+def candidate_columns(a, top_x: torch.Tensor, top_i: torch.Tensor, start: int, n: int,
+                      k: int, block: int = None):
+    """float64 [B, SHARED_COLS + 3k + 4]: a vocabulary shard's summary for a scalar
+    top-k (_candidates_kernel; arguments as in :func:`candidate_kernel_args`)."""
+    grid, args, kwargs, out = candidate_kernel_args(a, top_x, top_i, start, n, k, block)
+    if a.batch:
+        _candidates_kernel[grid](*args, **kwargs)
+    return out

@@ -65,6 +65,12 @@ def compile_call(a, probs_mode, arch, ptxas_log=False, **launch):
             a, start, a.logits.shape[1], 8,
             return_logprobs=launch.get("return_logprobs", True))
         fn = sampler._shard_kernel
+    elif launch.get("candidates"):    # a shard's summary for a scalar top-k
+        k = a.top_k
+        top = torch.zeros(a.batch, k), torch.zeros(a.batch, k, dtype=torch.int64)
+        _, args, kwargs, _ = sampler.candidate_kernel_args(
+            a, *top, launch["candidates"], a.logits.shape[1], k)
+        fn = sampler._candidates_kernel
     elif launch.get("combine"):       # their combine, after the all-gather
         args, kwargs = sampler.combine_shards_args(a, torch.zeros(17, a.batch, 14,
                                                                   dtype=torch.float64))

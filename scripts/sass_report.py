@@ -66,6 +66,7 @@ class Spec:
     typical: tuple = ("first",)
     split: tuple = ()         # rows split over programs: (chunks, block, launch phase)
     shard: bool = False       # a vocabulary shard's chunk summaries (fs.distributed)
+    candidates: bool = False  # a shard's summary for a scalar top-k (fs.distributed)
 
 
 _T07 = dict(temperature=0.7)
@@ -111,6 +112,9 @@ SPECS = (
     # tensor parallel (issue 13): a plain shard's chunk summaries (_shard_kernel)
     Spec("shard plain bf16", {}, torch.bfloat16, typical=("race",), shard=True),
     Spec("shard plain+logprobs fp32", {}, logprobs=True, typical=("race",), shard=True),
+    # and a scalar top-k's candidates (_candidates_kernel, after torch.topk)
+    Spec("shard top_k_top_p bf16, candidates", dict(_T07, top_k=50, top_p=0.9),
+         torch.bfloat16, typical=("candidates' shard",), candidates=True),
 )
 # --quick (CI): the plain loop (held to its own budget) and at its widest, every filtered
 # loop with the most live state, and the write pass; split rows' plain race and pass 1
@@ -434,10 +438,16 @@ def analyse(spec: Spec, arch=90):
         launch.update(chunks=chunks, block=block, phase=phase)
     if spec.shard:
         launch.update(shard=SHARD_START)
+    if spec.candidates:
+        launch.update(candidates=SHARD_START)
     kernel, log = compile_check.compile_call(a, spec.probs, arch, ptxas_log=True, **launch)
     if spec.shard:
         _, _, kwargs, _ = sampler.shard_kernel_args(a, SHARD_START, V_REPORT, 8,
                                                     return_logprobs=spec.logprobs)
+    elif spec.candidates:
+        _, _, kwargs, _ = sampler.candidate_kernel_args(
+            a, torch.zeros(a.batch, 50), torch.zeros(a.batch, 50, dtype=torch.int64),
+            SHARD_START, V_REPORT, 50)
     elif spec.split:
         _, _, kwargs, _ = sampler.split_kernel_args(a, **launch)
     else:
@@ -453,7 +463,8 @@ def analyse(spec: Spec, arch=90):
                 peak_live=peak, peak_lines=peak_lines[:12],
                 **ptxas_numbers(log), loops=[dataclasses.asdict(l) for l in found],
                 typical=list(spec.typical), itemsize=spec.dtype.itemsize,
-                logprobs=spec.logprobs, split=list(spec.split), shard=spec.shard)
+                logprobs=spec.logprobs, split=list(spec.split),
+                shard=spec.shard or spec.candidates)
 
 
 def hbm_budget(gpu, itemsize):

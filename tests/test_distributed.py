@@ -412,3 +412,63 @@ def test_shard_kernel_agrees_with_the_reference_on_fuzzed_plain_calls(call, worl
         if logprobs:
             torch.testing.assert_close(logp.float()[finite], want_logp[finite], rtol=1e-5,
                                        atol=1e-5)
+
+
+@settings(max_examples=30, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(call=test_fuzz.calls(vocabs=[2, 3, 7, 16, 17, 64, 129], max_batch=4),
+       world=st.integers(1, 4), cut_seed=st.integers(0, 2 ** 20), k=st.integers(1, 24),
+       ties=st.booleans(), block=st.sampled_from([16, 32]))
+def test_candidates_kernel_summaries_are_the_references(call, world, cut_seed, k, ties,
+                                                        block):
+    """A scalar top-k's shard summaries on the kernel's backends (torch.topk and
+    _candidates_kernel, in the interpreter, 16- or 32-token tiles) are the reference
+    backend's (_candidate_columns): the same candidates, groups and odd-row columns (the
+    noise to its last bits), for the fuzz campaign's calls given a scalar top-k (rows of
+    0s and 1s for half of them, so that groups straddle shards and tiles), cut at random
+    over 1-4 ranks; and both combine to the reference's tokens and log-probs."""
+    x, params, _ = call
+    B, V = x.shape
+    k = min(k, V - 1)
+    g = torch.Generator().manual_seed(cut_seed)
+    if ties:
+        x = torch.randint(0, 2, (B, V), generator=g).to(x.dtype)
+    params = dict(params, top_k=k, order="top_k_first")
+    cuts = [0, *sorted(torch.randint(0, V + 1, (world - 1,), generator=g).tolist()), V]
+    seeds = torch.arange(B) * 3 + 1
+    kernel, reference = [], []
+    for r in range(world):
+        a, real, n = fsd._check(x[:, cuts[r]:cuts[r + 1]], cuts[r], V, None,
+                                params["temperature"], k, params["top_p"], params["min_p"],
+                                "top_k_first", seeds, 5, None, "triton", False)
+        got = fsd._candidate_summary(a, real, n, cuts[r], False, block=block)
+        want = fsd._candidate_columns(a, real, n, cuts[r], k)
+        kernel.append(got)
+        reference.append(want)
+        S = fsd._SHARED
+        none_finite = want[:, 0] == -INF               # where the kernel draws all's noise
+        for cols in (got, want):
+            cols[:, 1] = 0.0                            # the NaN flag: the caller's
+            cols[:, 5] = torch.where(none_finite, cols[:, 5], -INF)
+            cols[:, 6] = torch.where(none_finite, cols[:, 6], 2.0 ** 62)
+        # the candidates in index order (torch.topk may order equal logits either way)
+        for cols in (got, want):
+            order = cols[:, S + k:S + 2 * k].argsort(dim=1, stable=True)
+            for j in range(3):
+                block_j = cols[:, S + j * k:S + (j + 1) * k]
+                block_j.copy_(block_j.gather(1, order))
+        noise = [3, 5, *range(S + 2 * k, S + 3 * k), S + 3 * k + 2]
+        exact = [c for c in range(got.shape[1]) if c not in noise]
+        where = (cuts, r, k)
+        assert torch.equal(got[:, exact], want[:, exact]), where
+        torch.testing.assert_close(got[:, noise], want[:, noise], rtol=1e-6, atol=1e-6,
+                                   msg=str(where))
+    ref_tokens, ref_logp = fs.reference.sample(x, seed=seeds, offset=5, validate=False,
+                                               return_logprobs=True, **params)
+    greedy, inv_t = fs.reference.greedy_and_inv_t(a.temperature, B, x.device)
+    finite = torch.isfinite(ref_logp)
+    for parts in (kernel, reference):
+        tokens, logp = fsd._candidates_result(a, *fsd._split(torch.stack(parts)), greedy,
+                                              inv_t)
+        assert torch.equal(tokens, ref_tokens), (cuts, tokens, ref_tokens)
+        torch.testing.assert_close(logp[finite], ref_logp[finite], rtol=1e-5, atol=1e-5)
