@@ -29,9 +29,10 @@ the logits.
 
 Where the backend resolves to Triton, a plain call's local step is the kernel's
 (_shard_kernel: the split kernel's chunk race, a shard being chunks of a row that live on
-another rank, one read), and the filtered calls' noise is the kernel's noise launch; the
-filtered calls' other local steps are PyTorch operations on the shard (each radix level
-one read of it).
+another rank, one read), and so is a scalar top-k's (torch.topk, then _candidates_kernel),
+each with its combine in one launch; the other filtered calls take their race's noise
+from the kernel's noise launch, and their other local steps are PyTorch operations on
+the shard (each radix level one read of it).
 """
 from __future__ import annotations
 
@@ -408,11 +409,15 @@ def _candidates(a, real, n, vocab_start, group, validate):
 
     On the kernel's backends the shard's summary is torch.topk and one launch
     (_candidates_kernel: the candidates' noise, the group, the shared columns; one read
-    of the shard); on "reference", PyTorch operations (_candidate_columns)."""
-    cols = _candidate_summary(a, real, n, vocab_start, validate)
+    of the shard), and one more launch combines the summaries
+    (_combine_candidates_kernel); on "reference", PyTorch operations do both
+    (_candidate_columns, _candidates_result)."""
+    e = _exchange(a, _candidate_summary(a, real, n, vocab_start, validate), group, validate)
+    sampler = _kernel(a)
+    if sampler is not None:
+        return sampler.combine_candidates(a, e, a.top_k)
     greedy, inv_t = greedy_and_inv_t(a.temperature, a.batch, a.logits.device)
-    return _candidates_result(a, *_split(_exchange(a, cols, group, validate)), greedy,
-                              inv_t)
+    return _candidates_result(a, *_split(e), greedy, inv_t)
 
 
 def _candidate_summary(a, real, n, vocab_start, validate, block=None):
@@ -434,7 +439,7 @@ def _candidate_summary(a, real, n, vocab_start, validate, block=None):
 
 def _candidates_result(a, e, m_raw, shared, greedy, inv_t):
     """_candidates' tokens and log-probs from every shard's summaries (split by _split),
-    in PyTorch operations."""
+    in PyTorch operations: the arithmetic of the kernel's _combine_candidates_kernel."""
     k, B, dev = a.top_k, a.batch, a.logits.device
     W = e.shape[0]
     cand = e[:, :, :3 * k].reshape(W, B, 3, k).permute(1, 2, 0, 3).reshape(B, 3, W * k)
@@ -545,9 +550,10 @@ def sample(local_logits, *, vocab_start, vocab_size, group=None, temperature=1.0
         finite logit) hold for the whole rows, so every rank raises the same error.
     backend : {"auto", "triton", "reference"}
         "triton" (and "auto" for CUDA tensors, or CPU ones under TRITON_INTERPRET=1): a
-        call without filters runs its shard through the kernel (one read), a filtered
-        call takes its race's noise from the kernel's noise launch; "reference": PyTorch.
-        A filtered call's other local steps are PyTorch operations on every backend.
+        call without filters, or with a scalar top-k up to CANDIDATES_MAX, runs its shard
+        and the combine through the kernel; the other filtered calls take their race's
+        noise from the kernel's noise launch, their other steps being PyTorch operations
+        on every backend; "reference": PyTorch.
 
     Returns
     -------

@@ -2601,23 +2601,19 @@ def _combine_shards_kernel(parts_ptr, P, B, temp_ptr, temp_val, tokens_ptr, logp
     row = tl.program_id(0).to(tl.int64)
     t = _param(temp_ptr, temp_val, row, TEMP_T, tl.float32)
     greedy, inv_t = _greedy_and_inv_t(t)
-    m_raw = tl.full([], NEG_INF, tl.float64)
+    m_raw, token_inf, n_inf, token_all, n_all, arg = _odd_rows_of(parts_ptr, P, B, row,
+                                                                  SHARD_COLS, BLOCK_P)
     m = tl.full([], NEG_INF, tl.float64)
     for p0 in range(0, P, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         at = parts_ptr + (p * B + row) * SHARD_COLS
-        m_raw = tl.maximum(m_raw, tl.max(tl.load(at, mask=p < P, other=NEG_INF), 0))
         m = tl.maximum(m, tl.max(tl.load(at + 9, mask=p < P, other=NEG_INF), 0))
     inv_t64 = inv_t.to(tl.float64)
     m32 = m.to(tl.float32)
-    none_k = tl.full([], NEG_INF, tl.float64)
-    none_i = tl.full([], NO_INDEX_F, tl.float64)
-    race_k, race_i, inf_k, inf_i, all_k, all_i = none_k, none_i, none_k, none_i, none_k, none_i
+    race_k = tl.full([], NEG_INF, tl.float64)
+    race_i = tl.full([], NO_INDEX_F, tl.float64)
     x_tok = tl.full([], NEG_INF, tl.float64)
-    arg = none_i
     total = tl.full([], 0.0, tl.float64)
-    n_inf = tl.full([], 0.0, tl.float64)
-    n_all = tl.full([], 0.0, tl.float64)
     for p0 in range(0, P, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         ok = p < P
@@ -2629,23 +2625,56 @@ def _combine_shards_kernel(parts_ptr, P, B, temp_ptr, temp_val, tokens_ptr, logp
         scale = tl.exp((_col(at, 9, ok).to(tl.float32) - m32) * inv_t).to(tl.float64)
         z = _col(at, 13, ok)
         total += tl.sum(tl.where(ok & (z > 0.0), z * scale, 0.0), 0)
-        inf_k, inf_i = _best_of(inf_k, inf_i, _col(at, 3, ok), _col(at, 4, ok), ok)
-        all_k, all_i = _best_of(all_k, all_i, _col(at, 5, ok), _col(at, 6, ok), ok)
-        arg = tl.minimum(arg, tl.min(tl.where(ok & (_col(at, 0, ok) == m_raw), _col(at, 2, ok),
-                                              NO_INDEX_F), 0))
-        n_inf += tl.sum(_col(at, 7, ok), 0)
-        n_all += tl.sum(_col(at, 8, ok), 0)
     for p0 in range(0, P, BLOCK_P):      # the winner's logit (its summary's, a few reads)
         p = p0 + tl.arange(0, BLOCK_P)
         ok = p < P
         at = parts_ptr + (p * B + row) * SHARD_COLS
         hit = ok & (_col(at, 10, ok) == race_i)
         x_tok = tl.maximum(x_tok, tl.max(tl.where(hit, _col(at, 11, ok), NEG_INF), 0))
-    token = race_i
     logp = ((x_tok.to(tl.float32) - m32) * inv_t).to(tl.float64) - tl.log(total)
-    token = tl.where(m_raw == POS_INF, inf_i, token)
+    _finish_odd_row(tokens_ptr, logprobs_ptr, row, race_i, logp, greedy, m_raw, token_inf,
+                    n_inf, token_all, n_all, arg)
+
+
+@_device
+def _odd_rows_of(parts_ptr, P, B, row, cols, BLOCK_P: tl.constexpr):
+    """From the odd rows' columns of row ``row``'s P summaries (parts [P, B, cols]): the
+    row's max, the winner among its +inf tokens and their count, the winner among all
+    its tokens and their count (the best noise, ties to the lowest index), and the lowest
+    index of its max (fused_sampler.distributed._finish_rows)."""
+    m_raw = tl.full([], NEG_INF, tl.float64)
+    for p0 in range(0, P, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        m_raw = tl.maximum(m_raw, tl.max(tl.load(parts_ptr + (p * B + row) * cols,
+                                                 mask=p < P, other=NEG_INF), 0))
+    none_k = tl.full([], NEG_INF, tl.float64)
+    none_i = tl.full([], NO_INDEX_F, tl.float64)
+    inf_k, inf_i, all_k, all_i = none_k, none_i, none_k, none_i
+    arg = none_i
+    n_inf = tl.full([], 0.0, tl.float64)
+    n_all = tl.full([], 0.0, tl.float64)
+    for p0 in range(0, P, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        ok = p < P
+        at = parts_ptr + (p * B + row) * cols
+        inf_k, inf_i = _best_of(inf_k, inf_i, _col(at, 3, ok), _col(at, 4, ok), ok)
+        all_k, all_i = _best_of(all_k, all_i, _col(at, 5, ok), _col(at, 6, ok), ok)
+        arg = tl.minimum(arg, tl.min(tl.where(ok & (_col(at, 0, ok) == m_raw), _col(at, 2, ok),
+                                              NO_INDEX_F), 0))
+        n_inf += tl.sum(_col(at, 7, ok), 0)
+        n_all += tl.sum(_col(at, 8, ok), 0)
+    return m_raw, inf_i, n_inf, all_i, n_all, arg
+
+
+@_device
+def _finish_odd_row(tokens_ptr, logprobs_ptr, row, token, logp, greedy, m_raw, token_inf,
+                    n_inf, token_all, n_all, arg):
+    """Store row ``row``'s token and log-prob: a row holding +inf draws among its +inf
+    tokens and one with no finite logit among all (uniform whatever the filters), a
+    greedy row takes the lowest index of its max (_odd_rows_of's columns)."""
+    token = tl.where(m_raw == POS_INF, token_inf, token)
     logp = tl.where(m_raw == POS_INF, -tl.log(n_inf), logp)
-    token = tl.where(m_raw == NEG_INF, all_i, token)
+    token = tl.where(m_raw == NEG_INF, token_all, token)
     logp = tl.where(m_raw == NEG_INF, -tl.log(n_all), logp)
     token = tl.where(greedy, arg, token)
     tl.store(tokens_ptr + row, token.to(tl.int64))
@@ -2772,6 +2801,113 @@ def _candidates_kernel(
     tl.store(group + 1, n_tie.to(tl.float64))
     tl.store(group + 2, best_tie.to(tl.float64))
     tl.store(group + 3, tl.where(i_tie != NO_TOKEN, i_tie.to(tl.float64), NO_INDEX_F))
+
+
+@_device
+def _largest_reaching(key_a, w_a, key_b, w_b, target, STRICT: tl.constexpr):
+    """The largest uint32 T whose weight at or above it (strictly above with STRICT),
+    summed over both vectors of uint32 keys and int64 weights, reaches ``target``
+    (float64); 0 where none does.  By radix selection two bits at a time, as _kth_key."""
+    digits = tl.arange(0, 4).to(tl.uint32)
+    prefix = tl.full([], 0, tl.uint32)
+    for level in tl.static_range(16):
+        cand = prefix + (digits << (30 - 2 * level))
+        if STRICT:
+            at_a = key_a[None, :] > cand[:, None]
+            at_b = key_b[None, :] > cand[:, None]
+        else:
+            at_a = key_a[None, :] >= cand[:, None]
+            at_b = key_b[None, :] >= cand[:, None]
+        reach = tl.sum(tl.where(at_a, w_a[None, :], 0), 1) + \
+            tl.sum(tl.where(at_b, w_b[None, :], 0), 1)
+        # the weight falls as the digit grows; digit 0 keeps the prefix
+        prefix = prefix + (tl.max(tl.where(reach.to(tl.float64) >= target, digits, 0), 0)
+                           << (30 - 2 * level))
+    return prefix
+
+
+@triton.jit
+def _combine_candidates_kernel(
+    parts_ptr, W, B, k, cols, temp_ptr, temp_val, topp_ptr, topp_val, minp_ptr, minp_val,
+    tokens_ptr, logprobs_ptr,
+    TEMP_T: tl.constexpr, TOPP_T: tl.constexpr, MINP_T: tl.constexpr,
+    HAS_TOP_P: tl.constexpr, HAS_MIN_P: tl.constexpr, NB: tl.constexpr,
+    WB: tl.constexpr,
+):
+    """Row r's token and log-prob from the W gathered candidate summaries of a call with
+    a scalar top-k (parts [W, B, cols], all ranks' in rank order, as _candidates_kernel
+    lays them out): one program a row, every candidate and group in registers.  The
+    arithmetic of fused_sampler.distributed._candidates_result, which the reference
+    backend runs as PyTorch operations: the row's k-th largest counting each group's
+    size, top-p's threshold over exact fixed-point masses (the kernel's _term), min-p,
+    the race over the kept candidates and groups (float64 keys under the row max, ties
+    to the lowest index) and the normaliser; then the odd rows and greedy rows."""
+    row = tl.program_id(0).to(tl.int64)
+    t = _param(temp_ptr, temp_val, row, TEMP_T, tl.float32)
+    greedy, inv_t = _greedy_and_inv_t(t)
+    m_raw, token_inf, n_inf, token_all, n_all, arg = _odd_rows_of(parts_ptr, W, B, row,
+                                                                  cols, WB)
+    m = tl.where((m_raw > NEG_INF) & (m_raw < POS_INF), m_raw, 0.0).to(tl.float32)
+    # the candidates [NB] and the groups [WB]
+    e = tl.arange(0, NB)
+    has = e < W * k
+    at = parts_ptr + ((e // k) * B + row) * cols + SHARED_COLS + e % k
+    x = tl.load(at, mask=has, other=NEG_INF).to(tl.float32)
+    idx = tl.load(at + k, mask=has, other=NO_INDEX_F)
+    g = tl.load(at + 2 * k, mask=has, other=0.0)
+    real = idx < NO_INDEX_F
+    w = tl.arange(0, WB)
+    at_w = parts_ptr + (w * B + row) * cols + SHARED_COLS + 3 * k
+    c = tl.load(at_w, mask=w < W, other=NEG_INF).to(tl.float32)
+    size = tl.load(at_w + 1, mask=w < W, other=0.0).to(tl.int64)
+    # top-k: the row's k-th largest, a group weighing its size
+    key = _key(x)
+    key_c = _key(c)
+    theta = _unkey(_largest_reaching(key, real.to(tl.int64), key_c, size, k.to(tl.float64),
+                                     False))
+    keep = real & (x >= theta)
+    group_on = (size > 0) & (c == theta)    # (the groups kept are at theta: c stands for it)
+    d = tl.where(x == NEG_INF, NEG_INF, (x - m) * inv_t)
+    d_c = tl.where(c == NEG_INF, NEG_INF, (c - m) * inv_t)
+    # (the filters' off states are bounds that pass everything: the interpreter takes no
+    # vector-and-scalar-boolean predicates, "Interpreter notes" in docs/design.md)
+    if HAS_TOP_P:
+        p = _param(topp_ptr, topp_val, row, TOPP_T, tl.float64)
+        p = tl.where(p < 1.0, tl.maximum(p, 1e-30), 2.0)   # off (or NaN): above the mass
+        q = tl.where(keep, _term(x, m, inv_t), 0)
+        q_c = tl.where(group_on, size * _term(c, m, inv_t), 0)
+        pk = p * (tl.sum(q, 0) + tl.sum(q_c, 0)).to(tl.float64)
+        # the kept mass strictly above a key falls as the key grows: the lowest passing
+        # key is one past the largest key whose mass strictly above reaches pK
+        low = _largest_reaching(key, q, key_c, tl.zeros([WB], tl.int64), pk, True)
+        low = tl.where(tl.sum(q, 0).to(tl.float64) >= pk, low.to(tl.int64) + 1, 0)
+        keep = keep & (key.to(tl.int64) >= low)
+        group_on = group_on & (key_c.to(tl.int64) >= low)
+    if HAS_MIN_P:
+        mp = _param(minp_ptr, minp_val, row, MINP_T, tl.float32)
+        m_on = mp > 0.0
+        floor = tl.where(m_on, tl.log(tl.where(m_on, tl.minimum(mp, 1.0), 1.0)), NEG_INF)
+        keep = keep & (d >= floor)
+        group_on = group_on & (d_c >= floor)
+    # the race over the kept candidates and each kept group's best token
+    inv_t64 = inv_t.to(tl.float64)
+    m64 = m.to(tl.float64)
+    race = tl.where(keep & (x > NEG_INF), (x.to(tl.float64) - m64) * inv_t64 + g, NEG_INF)
+    g_w = tl.load(at_w + 2, mask=w < W, other=NEG_INF)
+    i_w = tl.load(at_w + 3, mask=w < W, other=NO_INDEX_F)
+    race_w = tl.where(group_on & (c > NEG_INF), (c.to(tl.float64) - m64) * inv_t64 + g_w,
+                      NEG_INF)
+    best = tl.maximum(tl.max(race, 0), tl.max(race_w, 0))
+    token = tl.minimum(tl.min(tl.where(race == best, idx, NO_INDEX_F), 0),
+                       tl.min(tl.where(race_w == best, i_w, NO_INDEX_F), 0))
+    d_tok = tl.maximum(tl.max(tl.where(idx == token, d, NEG_INF), 0),
+                       tl.max(tl.where(i_w == token, d_c, NEG_INF), 0))
+    total = tl.sum(tl.where(keep, tl.exp(d).to(tl.float64), 0.0), 0) + \
+        tl.sum(tl.where(group_on, size.to(tl.float64) * tl.exp(d_c).to(tl.float64), 0.0),
+               0)
+    logp = d_tok.to(tl.float64) - tl.log(total)
+    _finish_odd_row(tokens_ptr, logprobs_ptr, row, token, logp, greedy, m_raw, token_inf,
+                    n_inf, token_all, n_all, arg)
 
 
 # ----------------------------------------------------------------------------- launcher
@@ -3184,3 +3320,36 @@ def candidate_columns(a, top_x: torch.Tensor, top_i: torch.Tensor, start: int, n
     if a.batch:
         _candidates_kernel[grid](*args, **kwargs)
     return out
+
+
+def combine_candidates_args(a, parts: torch.Tensor, k: int):
+    """The launch of _combine_candidates_kernel (grid B) on the gathered candidate
+    summaries (float64 [W, B, SHARED_COLS + 3k + 4]): (args, constexprs and options);
+    its outputs are args[11] and args[12]."""
+    W, B, cols = parts.shape
+    dev = parts.device
+    dummy = torch.empty(1, dtype=torch.int64, device=dev)
+    temp_ptr, temp_val, temp_t = _scalar_or_tensor(a.temperature, torch.float32, dummy)
+    topp_ptr, topp_val, topp_t = _scalar_or_tensor(
+        a.top_p if a.top_p is not None else 1.0, torch.float64, dummy)
+    minp_ptr, minp_val, minp_t = _scalar_or_tensor(
+        a.min_p if a.min_p is not None else 0.0, torch.float32, dummy)
+    tokens = torch.empty(B, dtype=torch.int64, device=dev)
+    logprobs = torch.empty(B, dtype=torch.float32, device=dev)
+    nb = max(16, 1 << (W * k - 1).bit_length())
+    return ((parts.contiguous(), W, B, k, cols, temp_ptr, temp_val, topp_ptr, topp_val,
+             minp_ptr, minp_val, tokens, logprobs),
+            dict(TEMP_T=temp_t, TOPP_T=topp_t, MINP_T=minp_t,
+                 HAS_TOP_P=a.top_p is not None, HAS_MIN_P=a.min_p is not None, NB=nb,
+                 WB=max(2, 1 << (W - 1).bit_length()), num_warps=max(4, min(16, nb // 256)),
+                 enable_fp_fusion=False))
+
+
+def combine_candidates(a, parts: torch.Tensor, k: int):
+    """(tokens int64 [B], logprobs float32 [B]) of a call with a scalar top-k of ``k``
+    from every rank's candidate summary (float64 [W, B, SHARED_COLS + 3k + 4]), in one
+    launch (_combine_candidates_kernel)."""
+    args, kwargs = combine_candidates_args(a, parts, k)
+    if parts.shape[1]:
+        _combine_candidates_kernel[(parts.shape[1],)](*args, **kwargs)
+    return args[11], args[12]

@@ -71,6 +71,12 @@ def compile_call(a, probs_mode, arch, ptxas_log=False, **launch):
         _, args, kwargs, _ = sampler.candidate_kernel_args(
             a, *top, launch["candidates"], a.logits.shape[1], k)
         fn = sampler._candidates_kernel
+    elif launch.get("combine_candidates"):   # their combine: W ranks' summaries
+        W, k = launch["combine_candidates"], a.top_k
+        args, kwargs = sampler.combine_candidates_args(
+            a, torch.zeros(W, a.batch, sampler.SHARED_COLS.value + 3 * k + 4,
+                           dtype=torch.float64), k)
+        fn = sampler._combine_candidates_kernel
     elif launch.get("combine"):       # their combine, after the all-gather
         args, kwargs = sampler.combine_shards_args(a, torch.zeros(17, a.batch, 14,
                                                                   dtype=torch.float64))
@@ -147,6 +153,12 @@ def calls(quick):
         dict(shard=True)
     yield "combine of the shards' summaries: plain, temperature tensor", a, False, \
         dict(combine=True)
+    # ... and a scalar top-k's candidates (with top-p and min-p tensors), and their combine
+    a = _args.check(x, rows(0.7, torch.float32), 50, rows(0.9, torch.float64),
+                    rows(0.05, torch.float32), "top_k_first", seed=seeds, validate=False)
+    yield "candidates of a vocabulary shard: scalar top-k", a, False, dict(candidates=130)
+    yield "combine of 4 shards' candidates: top-k, top-p and min-p tensors", a, False, \
+        dict(combine_candidates=4)
     if not quick:
         a = _args.check(torch.zeros(B, 100), 1.0, 5, 0.9, None, "top_k_first", seed=0,
                         validate=False)

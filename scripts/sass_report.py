@@ -67,6 +67,7 @@ class Spec:
     split: tuple = ()         # rows split over programs: (chunks, block, launch phase)
     shard: bool = False       # a vocabulary shard's chunk summaries (fs.distributed)
     candidates: bool = False  # a shard's summary for a scalar top-k (fs.distributed)
+    combine: int = 0          # ... or the combine of W ranks' such summaries
 
 
 _T07 = dict(temperature=0.7)
@@ -115,6 +116,8 @@ SPECS = (
     # and a scalar top-k's candidates (_candidates_kernel, after torch.topk)
     Spec("shard top_k_top_p bf16, candidates", dict(_T07, top_k=50, top_p=0.9),
          torch.bfloat16, typical=("candidates' shard",), candidates=True),
+    Spec("shard top_k_top_p, combine of 8 ranks' candidates",
+         dict(_T07, top_k=50, top_p=0.9), typical=(), combine=8),
 )
 # --quick (CI): the plain loop (held to its own budget) and at its widest, every filtered
 # loop with the most live state, and the write pass; split rows' plain race and pass 1
@@ -440,10 +443,14 @@ def analyse(spec: Spec, arch=90):
         launch.update(shard=SHARD_START)
     if spec.candidates:
         launch.update(candidates=SHARD_START)
+    if spec.combine:
+        launch.update(combine_candidates=spec.combine)
     kernel, log = compile_check.compile_call(a, spec.probs, arch, ptxas_log=True, **launch)
     if spec.shard:
         _, _, kwargs, _ = sampler.shard_kernel_args(a, SHARD_START, V_REPORT, 8,
                                                     return_logprobs=spec.logprobs)
+    elif spec.combine:
+        kwargs = {"num_warps": 4, "BLOCK": 1}       # one row's candidates, no stream
     elif spec.candidates:
         _, _, kwargs, _ = sampler.candidate_kernel_args(
             a, torch.zeros(a.batch, 50), torch.zeros(a.batch, 50, dtype=torch.int64),
@@ -464,7 +471,7 @@ def analyse(spec: Spec, arch=90):
                 **ptxas_numbers(log), loops=[dataclasses.asdict(l) for l in found],
                 typical=list(spec.typical), itemsize=spec.dtype.itemsize,
                 logprobs=spec.logprobs, split=list(spec.split),
-                shard=spec.shard or spec.candidates)
+                shard=spec.shard or spec.candidates or bool(spec.combine))
 
 
 def hbm_budget(gpu, itemsize):

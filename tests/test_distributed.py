@@ -426,7 +426,8 @@ def test_candidates_kernel_summaries_are_the_references(call, world, cut_seed, k
     backend's (_candidate_columns): the same candidates, groups and odd-row columns (the
     noise to its last bits), for the fuzz campaign's calls given a scalar top-k (rows of
     0s and 1s for half of them, so that groups straddle shards and tiles), cut at random
-    over 1-4 ranks; and both combine to the reference's tokens and log-probs."""
+    over 1-4 ranks; and both, combined by the kernel (_combine_candidates_kernel) and by
+    PyTorch (_candidates_result), give the reference's tokens and log-probs."""
     x, params, _ = call
     B, V = x.shape
     k = min(k, V - 1)
@@ -467,8 +468,41 @@ def test_candidates_kernel_summaries_are_the_references(call, world, cut_seed, k
                                                return_logprobs=True, **params)
     greedy, inv_t = fs.reference.greedy_and_inv_t(a.temperature, B, x.device)
     finite = torch.isfinite(ref_logp)
+    from fused_sampler.kernels import sampler
     for parts in (kernel, reference):
-        tokens, logp = fsd._candidates_result(a, *fsd._split(torch.stack(parts)), greedy,
-                                              inv_t)
-        assert torch.equal(tokens, ref_tokens), (cuts, tokens, ref_tokens)
-        torch.testing.assert_close(logp[finite], ref_logp[finite], rtol=1e-5, atol=1e-5)
+        for tokens, logp in (sampler.combine_candidates(a, torch.stack(parts), k),
+                             fsd._candidates_result(a, *fsd._split(torch.stack(parts)),
+                                                    greedy, inv_t)):
+            assert torch.equal(tokens, ref_tokens), (cuts, tokens, ref_tokens)
+            torch.testing.assert_close(logp[finite], ref_logp[finite], rtol=1e-5,
+                                       atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [3, 4], ids=["group-at-the-cut", "candidate-at-the-cut"])
+def test_candidates_top_p_cuts_between_adjacent_floats(k):
+    """Top-p's cut falls between 1.0 and the float just below it (the mass strictly above
+    1.0 is below p K, above the next one it is not): the reference never draws the lower,
+    and neither does either combine, whether that token is its shard's group (k = 3) or
+    a candidate (k = 4)."""
+    from fused_sampler.kernels import sampler
+    below_one = torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)).item()
+    row = torch.tensor([2.0, 1.0, below_one, -1.0, -2.0, -1.5, -2.5, -3.0, -4.0, -5.0])
+    B, V, cuts = 32, row.numel(), [0, 5, 10]
+    x = row.expand(B, V).contiguous()
+    seeds = torch.arange(B) + 7
+    want, want_logp = fs.reference.sample(x, top_k=k, top_p=0.7, seed=seeds,
+                                          return_logprobs=True)
+    assert set(want.tolist()) == {0, 1}
+    for backend in ("triton", "reference"):
+        parts = []
+        for r in range(2):
+            a, real, n = fsd._check(x[:, cuts[r]:cuts[r + 1]], cuts[r], V, None, 1.0, k,
+                                    0.7, None, "top_k_first", seeds, 0, None, backend,
+                                    False)
+            parts.append(fsd._candidate_summary(a, real, n, cuts[r], False))
+        greedy, inv_t = fs.reference.greedy_and_inv_t(1.0, B, x.device)
+        for tokens, logp in (sampler.combine_candidates(a, torch.stack(parts), k),
+                             fsd._candidates_result(a, *fsd._split(torch.stack(parts)),
+                                                    greedy, inv_t)):
+            assert torch.equal(tokens, want), (backend, tokens, want)
+            torch.testing.assert_close(logp, want_logp, rtol=1e-5, atol=1e-5)
