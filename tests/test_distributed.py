@@ -65,7 +65,7 @@ CASES = [
     dict(temperature=0.7, top_k=8, top_p=0.9, order="joint"),
     dict(temperature=1.2, top_k=torch.tensor([3, 0, 5, 2, 9, 1]), top_p=0.7, min_p=0.02),
     dict(temperature=float("inf"), top_k=10),
-    # scalar top-k: one all-gather of each shard's candidates; ties past them (row 4)
+    # scalar top-k: one all-gather of each shard's candidates and group (row 4: big groups)
     dict(top_k=2, top_p=0.6, temperature=torch.tensor([1.0, 0.0, 0.5, 1.0, 3.0, 1.0])),
     dict(top_k=4, min_p=0.2),
     dict(top_k=1),
@@ -269,8 +269,8 @@ class _Threads:
        world=st.integers(1, 4), cut_seed=st.integers(0, 2 ** 20), scalar_k=st.integers(0, 3))
 def test_sharded_calls_agree_with_the_reference_on_anything(call, world, cut_seed, scalar_k):
     """The fuzz campaign's calls (odd values, layouts, dtypes, parameters at every edge;
-    or, forcing a scalar top-k of 1-3, rows of 0s and 1s, so that shards hold ties past
-    their candidates), sharded over 1-4 thread ranks at random cuts (empty shards
+    or, forcing a scalar top-k of 1-3, rows of 0s and 1s, so that shards hold big groups
+    tied at their k-th largest), sharded over 1-4 thread ranks at random cuts (empty shards
     included): every rank returns the reference's tokens and, where finite, log-probs;
     validate=True raises on every rank exactly where the contract calls the call invalid.
     (It found NaN in a top-p tensor breaking the radix levels.)"""
@@ -278,7 +278,7 @@ def test_sharded_calls_agree_with_the_reference_on_anything(call, world, cut_see
     B, V = x.shape
     g = torch.Generator().manual_seed(cut_seed)
     if scalar_k and params["top_k"] is None:                 # the candidates path more
-        params = dict(params, top_k=scalar_k)                # often, with ties past them
+        params = dict(params, top_k=scalar_k)                # often, with big groups
         x = torch.randint(0, 2, (B, V), generator=g).to(x.dtype)
     cuts = [0, *sorted(torch.randint(0, V + 1, (world - 1,), generator=g).tolist()), V]
     group = _Threads(world)
