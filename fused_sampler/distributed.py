@@ -427,8 +427,8 @@ def _candidate_summary(a, real, n, vocab_start, validate, block=None):
     sampler = _kernel(a)
     if sampler is None:
         return _candidate_columns(a, real, n, vocab_start, a.top_k)
-    x = torch.nan_to_num(a.logits.float(), nan=float("-inf"), posinf=float("inf"),
-                         neginf=float("-inf"))
+    x = torch.nan_to_num(a.logits, nan=float("-inf"), posinf=float("inf"),
+                         neginf=float("-inf"))              # in the logits' dtype
     top_x, top_i = torch.topk(x, min(a.top_k, x.shape[1]), dim=1)
     cols = sampler.candidate_columns(a, top_x, top_i, vocab_start, n, a.top_k,
                                      block=block)

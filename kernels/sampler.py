@@ -2417,6 +2417,7 @@ def _noise_kernel(seed_ptr, offset_ptr, out_ptr, start, n, BLOCK: tl.constexpr,
 # the proof fails, or the chunk holds +-inf or NaN, it runs the exact way over itself.
 
 SHARD_COLS = tl.constexpr(14)   # a shard chunk's summary (fused_sampler.distributed)
+SHARED_COLS = tl.constexpr(9)   # the odd rows' columns at the front of every summary
 NO_INDEX_F = tl.constexpr(float(2 ** 62))   # "no token" in a summary's index columns
 
 
@@ -2481,6 +2482,23 @@ def _exact_range(row_ptr, lo, hi, inv_t, seed, off_lo, off_hi, RARE_BLOCK: tl.co
             tl.max(tl.where(at, best_g, NEG_INF), 0), tl.sum(z_v, 0), tl.max(raw_v, 0),
             tl.sum(n_inf, 0), g_inf, tl.min(tl.where(inf_g == g_inf, inf_i, NO_TOKEN), 0),
             g_all, tl.min(tl.where(all_g == g_all, all_i, NO_TOKEN), 0))
+
+
+@_device
+def _store_odd_columns(out, m, i_max, g_inf, i_inf, g_all, i_all, n_inf, n):
+    """A shard summary's SHARED_COLS (what _odd_rows_of reads): its sanitised max, a NaN
+    flag (0: the caller sets it), the lowest index of the max, the best noise among its
+    +inf tokens and that token's index, the best noise among all its tokens and its
+    index, its +inf count and its token count (indices NO_TOKEN: none, sent as 2^62)."""
+    tl.store(out, m.to(tl.float64))
+    tl.store(out + 1, 0.0)
+    tl.store(out + 2, tl.where(i_max != NO_TOKEN, i_max.to(tl.float64), NO_INDEX_F))
+    tl.store(out + 3, g_inf.to(tl.float64))
+    tl.store(out + 4, tl.where(i_inf != NO_TOKEN, i_inf.to(tl.float64), NO_INDEX_F))
+    tl.store(out + 5, g_all.to(tl.float64))
+    tl.store(out + 6, tl.where(i_all != NO_TOKEN, i_all.to(tl.float64), NO_INDEX_F))
+    tl.store(out + 7, n_inf.to(tl.float64))
+    tl.store(out + 8, n.to(tl.float64))
 
 
 @triton.jit
@@ -2554,15 +2572,7 @@ def _shard_kernel(
                 _exact_range(row_ptr, lo, hi, inv_t, seed, off_lo, off_hi, RARE_BLOCK)
     some = i_c != NO_TOKEN
     out = parts_ptr + (chunk * B + row) * SHARD_COLS
-    tl.store(out, m_r.to(tl.float64))
-    tl.store(out + 1, 0.0)
-    tl.store(out + 2, tl.where(i_r != NO_TOKEN, i_r.to(tl.float64), NO_INDEX_F))
-    tl.store(out + 3, g_inf.to(tl.float64))
-    tl.store(out + 4, tl.where(i_inf != NO_TOKEN, i_inf.to(tl.float64), NO_INDEX_F))
-    tl.store(out + 5, g_all.to(tl.float64))
-    tl.store(out + 6, tl.where(i_all != NO_TOKEN, i_all.to(tl.float64), NO_INDEX_F))
-    tl.store(out + 7, n_inf.to(tl.float64))
-    tl.store(out + 8, (hi - lo).to(tl.float64))
+    _store_odd_columns(out, m_r, i_r, g_inf, i_inf, g_all, i_all, n_inf, hi - lo)
     tl.store(out + 9, m_c.to(tl.float64))
     tl.store(out + 10, tl.where(some, i_c.to(tl.float64), NO_INDEX_F))
     tl.store(out + 11, x_c.to(tl.float64))
@@ -2681,9 +2691,6 @@ def _finish_odd_row(tokens_ptr, logprobs_ptr, row, token, logp, greedy, m_raw, t
     tl.store(logprobs_ptr + row, tl.where(greedy, 0.0, logp).to(tl.float32))
 
 
-SHARED_COLS = tl.constexpr(9)   # the odd rows' columns at the front of every summary
-
-
 @triton.jit
 def _candidates_kernel(
     logits_ptr, stride_row, start, n, top_x_ptr, top_i_ptr, kk, k, full,
@@ -2695,8 +2702,8 @@ def _candidates_kernel(
     layout of fused_sampler.distributed._candidate_columns, which the reference backend
     builds from PyTorch operations): program r writes row r's out_cols float64.
 
-    From the shard's ``kk`` largest (``top_x``, ``top_i``: torch.topk of the sanitised
-    logits) and ``c``, its k-th largest (-inf where ``full`` is 0, the shard narrower
+    From the shard's ``kk`` largest (``top_x``, ``top_i``: torch.topk of the logits with
+    NaN as -inf) and ``c``, its k-th largest (-inf where ``full`` is 0, the shard narrower
     than k): the candidates (those strictly above c: logit, global index, noise; padded
     to k), the odd rows' SHARED_COLS (max, lowest index of it, the +inf tokens' count
     and best noise, the best noise of all where the shard has nothing above -inf, the
@@ -2712,11 +2719,11 @@ def _candidates_kernel(
     offset = _param(offset_ptr, offset_val, row, OFFSET_T, tl.int64)
     off_lo, off_hi = _offset_halves(offset)
     out = out_ptr + row * out_cols
-    c = tl.where(full != 0, tl.load(top_x_ptr + row * kk + kk - 1), NEG_INF)
+    c = tl.where(full != 0, tl.load(top_x_ptr + row * kk + kk - 1).to(tl.float32), NEG_INF)
     # the candidates, with their noise; the group's tokens among the kk largest
     j = tl.arange(0, KB)
     has = j < kk
-    cx = tl.load(top_x_ptr + row * kk + j, mask=has, other=NEG_INF)
+    cx = tl.load(top_x_ptr + row * kk + j, mask=has, other=NEG_INF).to(tl.float32)
     ci = tl.load(top_i_ptr + row * kk + j, mask=has, other=0).to(tl.int32) + start
     above = has & (cx > c)
     cg = _gumbel(_token_words(seed, off_lo, off_hi, ci, 0),
@@ -2787,15 +2794,7 @@ def _candidates_kernel(
         i_inf = tl.min(tl.where(g_inf_v == best_inf, i_inf_v, NO_TOKEN), 0)
         best_all = tl.max(g_all_v, 0)
         i_all = tl.min(tl.where(g_all_v == best_all, i_all_v, NO_TOKEN), 0)
-    tl.store(out, m_r.to(tl.float64))
-    tl.store(out + 1, 0.0)
-    tl.store(out + 2, tl.where(i_r != NO_TOKEN, i_r.to(tl.float64), NO_INDEX_F))
-    tl.store(out + 3, best_inf.to(tl.float64))
-    tl.store(out + 4, tl.where(i_inf != NO_TOKEN, i_inf.to(tl.float64), NO_INDEX_F))
-    tl.store(out + 5, best_all.to(tl.float64))
-    tl.store(out + 6, tl.where(i_all != NO_TOKEN, i_all.to(tl.float64), NO_INDEX_F))
-    tl.store(out + 7, n_inf.to(tl.float64))
-    tl.store(out + 8, (end - start).to(tl.float64))
+    _store_odd_columns(out, m_r, i_r, best_inf, i_inf, best_all, i_all, n_inf, n)
     group = out + SHARED_COLS + 3 * k
     tl.store(group, c.to(tl.float64))
     tl.store(group + 1, n_tie.to(tl.float64))
@@ -3292,8 +3291,9 @@ def candidate_kernel_args(a, top_x: torch.Tensor, top_i: torch.Tensor, start: in
                           k: int, block: int = None):
     """The launch of _candidates_kernel (grid B) for a vocabulary shard of ``n`` tokens
     from global index ``start`` (``a.logits``: [B, n], or a stand-in column when n = 0,
-    never read) and a scalar top-k of ``k``, from the shard's largest: ``top_x`` float32
-    and ``top_i`` int64 [B, min(k, width)], torch.topk of its sanitised logits.
+    never read) and a scalar top-k of ``k``, from the shard's largest: ``top_x`` (the
+    logits' dtype) and ``top_i`` int64 [B, min(k, width)], torch.topk of its logits with
+    NaN as -inf.
     ``block``: the tile (CANDIDATE_TILE; tests shrink it).  Returns (grid, args,
     constexprs and options, the float64 [B, SHARED_COLS + 3k + 4] summary)."""
     x = a.logits

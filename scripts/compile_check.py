@@ -67,7 +67,8 @@ def compile_call(a, probs_mode, arch, ptxas_log=False, **launch):
         fn = sampler._shard_kernel
     elif launch.get("candidates"):    # a shard's summary for a scalar top-k
         k = a.top_k
-        top = torch.zeros(a.batch, k), torch.zeros(a.batch, k, dtype=torch.int64)
+        top = (torch.zeros(a.batch, k, dtype=a.logits.dtype),
+               torch.zeros(a.batch, k, dtype=torch.int64))
         _, args, kwargs, _ = sampler.candidate_kernel_args(
             a, *top, launch["candidates"], a.logits.shape[1], k)
         fn = sampler._candidates_kernel
