@@ -414,7 +414,7 @@ def test_shard_kernel_agrees_with_the_reference_on_fuzzed_plain_calls(call, worl
                                        atol=1e-5)
 
 
-@settings(max_examples=30, deadline=None, derandomize=True,
+@settings(max_examples=20, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(call=test_fuzz.calls(vocabs=[2, 3, 7, 16, 17, 64, 129], max_batch=4),
        world=st.integers(1, 4), cut_seed=st.integers(0, 2 ** 20), k=st.integers(1, 24),
@@ -487,7 +487,7 @@ def test_candidates_top_p_cuts_between_adjacent_floats(k):
     from fused_sampler.kernels import sampler
     below_one = torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)).item()
     row = torch.tensor([2.0, 1.0, below_one, -1.0, -2.0, -1.5, -2.5, -3.0, -4.0, -5.0])
-    B, V, cuts = 32, row.numel(), [0, 5, 10]
+    B, V, cuts = 6, row.numel(), [0, 5, 10]
     x = row.expand(B, V).contiguous()
     seeds = torch.arange(B) + 7
     want, want_logp = fs.reference.sample(x, top_k=k, top_p=0.7, seed=seeds,
