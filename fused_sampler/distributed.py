@@ -403,7 +403,7 @@ def _candidates(a, real, n, vocab_start, group, validate):
     and the groups, each group counted as many times as it holds tokens; from that every
     rank computes the row's thresholds, masses (exact fixed point), race and normaliser,
     exactly as the reference does for the whole row.  A shard narrower than k sends all
-    its finite tokens as candidates and its -inf ones as the group (c_r = -inf: they
+    its tokens above -inf as candidates and its -inf ones as the group (c_r = -inf: they
     count towards k, and never win).  Rows with +inf or no finite logit are uniform over
     their +inf tokens or all tokens whatever the filters (_finish_rows).
 
@@ -478,7 +478,7 @@ def _candidates_result(a, e, m_raw, shared, greedy, inv_t):
         tied_on &= ~mp_on[:, None] | (d_tied >= log_mp)
     # the race over the kept candidates and the shards' best tied tokens
     base = (X.double() - m.double()) * inv_t.double()[:, None]
-    key = torch.where(keep & (X > float("-inf")), base + G, float("-inf"))
+    key = torch.where(keep, base + G, float("-inf"))        # (candidates: X > c_r)
     t_key = torch.where(tied_on & (theta_k > float("-inf")),
                         (theta_k.double() - m.double()) * inv_t.double()[:, None] +
                         ex[:, :, 2].T, float("-inf"))

@@ -2489,7 +2489,9 @@ def _store_odd_columns(out, m, i_max, g_inf, i_inf, g_all, i_all, n_inf, n):
     """A shard summary's SHARED_COLS (what _odd_rows_of reads): its sanitised max, a NaN
     flag (0: the caller sets it), the lowest index of the max, the best noise among its
     +inf tokens and that token's index, the best noise among all its tokens and its
-    index, its +inf count and its token count (indices NO_TOKEN: none, sent as 2^62)."""
+    index (read only for rows with no finite logit: a summary may leave it -inf where
+    its shard holds a token above -inf), its +inf count and its token count (indices
+    NO_TOKEN: none, sent as 2^62)."""
     tl.store(out, m.to(tl.float64))
     tl.store(out + 1, 0.0)
     tl.store(out + 2, tl.where(i_max != NO_TOKEN, i_max.to(tl.float64), NO_INDEX_F))
@@ -2498,7 +2500,7 @@ def _store_odd_columns(out, m, i_max, g_inf, i_inf, g_all, i_all, n_inf, n):
     tl.store(out + 5, g_all.to(tl.float64))
     tl.store(out + 6, tl.where(i_all != NO_TOKEN, i_all.to(tl.float64), NO_INDEX_F))
     tl.store(out + 7, n_inf.to(tl.float64))
-    tl.store(out + 8, n.to(tl.float64))
+    tl.store(out + 8, tl.cast(n, tl.float64))           # (n = 1: a constexpr)
 
 
 @triton.jit
@@ -2719,11 +2721,11 @@ def _candidates_kernel(
     offset = _param(offset_ptr, offset_val, row, OFFSET_T, tl.int64)
     off_lo, off_hi = _offset_halves(offset)
     out = out_ptr + row * out_cols
-    c = tl.where(full != 0, tl.load(top_x_ptr + row * kk + kk - 1).to(tl.float32), NEG_INF)
+    c = tl.where(full != 0, _sanitize(tl.load(top_x_ptr + row * kk + kk - 1)), NEG_INF)
     # the candidates, with their noise; the group's tokens among the kk largest
     j = tl.arange(0, KB)
     has = j < kk
-    cx = tl.load(top_x_ptr + row * kk + j, mask=has, other=NEG_INF).to(tl.float32)
+    cx = _sanitize(tl.load(top_x_ptr + row * kk + j, mask=has, other=NEG_INF))  # -0 -> +0
     ci = tl.load(top_i_ptr + row * kk + j, mask=has, other=0).to(tl.int32) + start
     above = has & (cx > c)
     cg = _gumbel(_token_words(seed, off_lo, off_hi, ci, 0),
@@ -2862,8 +2864,8 @@ def _combine_candidates_kernel(
     # top-k: the row's k-th largest, a group weighing its size
     key = _key(x)
     key_c = _key(c)
-    theta = _unkey(_largest_reaching(key, real.to(tl.int64), key_c, size, k.to(tl.float64),
-                                     False))
+    theta = _unkey(_largest_reaching(key, real.to(tl.int64), key_c, size,
+                                     tl.cast(k, tl.float64), False))  # (k = 1: a constexpr)
     keep = real & (x >= theta)
     group_on = (size > 0) & (c == theta)    # (the groups kept are at theta: c stands for it)
     d = tl.where(x == NEG_INF, NEG_INF, (x - m) * inv_t)
@@ -2891,7 +2893,7 @@ def _combine_candidates_kernel(
     # the race over the kept candidates and each kept group's best token
     inv_t64 = inv_t.to(tl.float64)
     m64 = m.to(tl.float64)
-    race = tl.where(keep & (x > NEG_INF), (x.to(tl.float64) - m64) * inv_t64 + g, NEG_INF)
+    race = tl.where(keep, (x.to(tl.float64) - m64) * inv_t64 + g, NEG_INF)   # (x > c_r)
     g_w = tl.load(at_w + 2, mask=w < W, other=NEG_INF)
     i_w = tl.load(at_w + 3, mask=w < W, other=NO_INDEX_F)
     race_w = tl.where(group_on & (c > NEG_INF), (c.to(tl.float64) - m64) * inv_t64 + g_w,

@@ -160,6 +160,12 @@ def calls(quick):
     yield "candidates of a vocabulary shard: scalar top-k", a, False, dict(candidates=130)
     yield "combine of 4 shards' candidates: top-k, top-p and min-p tensors", a, False, \
         dict(combine_candidates=4)
+    # ... where integers of 1 become constants (Triton specialises them): top-k 1, a
+    # shard one token wide, one rank
+    a = _args.check(torch.zeros(B, 1), 0.7, 1, 0.9, None, "top_k_first", seed=3,
+                    validate=False)
+    yield "candidates of a one-token shard: top-k 1", a, False, dict(candidates=7)
+    yield "combine of 1 shard's candidates: top-k 1", a, False, dict(combine_candidates=1)
     if not quick:
         a = _args.check(torch.zeros(B, 100), 1.0, 5, 0.9, None, "top_k_first", seed=0,
                         validate=False)

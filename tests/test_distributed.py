@@ -461,7 +461,8 @@ def test_candidates_kernel_summaries_are_the_references(call, world, cut_seed, k
         noise = [3, 5, *range(S + 2 * k, S + 3 * k), S + 3 * k + 2]
         exact = [c for c in range(got.shape[1]) if c not in noise]
         where = (cuts, r, k)
-        assert torch.equal(got[:, exact], want[:, exact]), where
+        assert torch.equal(got[:, exact].view(torch.int64),      # bits: -0.0 is not 0.0
+                           want[:, exact].view(torch.int64)), where
         torch.testing.assert_close(got[:, noise], want[:, noise], rtol=1e-6, atol=1e-6,
                                    msg=str(where))
     ref_tokens, ref_logp = fs.reference.sample(x, seed=seeds, offset=5, validate=False,
@@ -478,26 +479,18 @@ def test_candidates_kernel_summaries_are_the_references(call, world, cut_seed, k
                                        atol=1e-5)
 
 
-@pytest.mark.parametrize("k", [3, 4], ids=["group-at-the-cut", "candidate-at-the-cut"])
-def test_candidates_top_p_cuts_between_adjacent_floats(k):
-    """Top-p's cut falls between 1.0 and the float just below it (the mass strictly above
-    1.0 is below p K, above the next one it is not): the reference never draws the lower,
-    and neither does either combine, whether that token is its shard's group (k = 3) or
-    a candidate (k = 4)."""
+def _combines_agree_with_the_reference(x, cuts, k, top_p, seeds):
+    """Each backend's candidate summaries of the shards [cuts[r], cuts[r + 1]), combined
+    by the kernel and by PyTorch, give fs.reference.sample's tokens and log-probs."""
     from fused_sampler.kernels import sampler
-    below_one = torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)).item()
-    row = torch.tensor([2.0, 1.0, below_one, -1.0, -2.0, -1.5, -2.5, -3.0, -4.0, -5.0])
-    B, V, cuts = 6, row.numel(), [0, 5, 10]
-    x = row.expand(B, V).contiguous()
-    seeds = torch.arange(B) + 7
-    want, want_logp = fs.reference.sample(x, top_k=k, top_p=0.7, seed=seeds,
+    B, V = x.shape
+    want, want_logp = fs.reference.sample(x, top_k=k, top_p=top_p, seed=seeds,
                                           return_logprobs=True)
-    assert set(want.tolist()) == {0, 1}
     for backend in ("triton", "reference"):
         parts = []
-        for r in range(2):
+        for r in range(len(cuts) - 1):
             a, real, n = fsd._check(x[:, cuts[r]:cuts[r + 1]], cuts[r], V, None, 1.0, k,
-                                    0.7, None, "top_k_first", seeds, 0, None, backend,
+                                    top_p, None, "top_k_first", seeds, 0, None, backend,
                                     False)
             parts.append(fsd._candidate_summary(a, real, n, cuts[r], False))
         greedy, inv_t = fs.reference.greedy_and_inv_t(1.0, B, x.device)
@@ -506,3 +499,25 @@ def test_candidates_top_p_cuts_between_adjacent_floats(k):
                                                     greedy, inv_t)):
             assert torch.equal(tokens, want), (backend, tokens, want)
             torch.testing.assert_close(logp, want_logp, rtol=1e-5, atol=1e-5)
+    return want
+
+
+@pytest.mark.parametrize("k", [3, 4], ids=["group-at-the-cut", "candidate-at-the-cut"])
+def test_candidates_top_p_cuts_between_adjacent_floats(k):
+    """Top-p's cut falls between 1.0 and the float just below it (the mass strictly above
+    1.0 is below p K, above the next one it is not): the reference never draws the lower,
+    and neither does either combine, whether that token is its shard's group (k = 3) or
+    a candidate (k = 4)."""
+    below_one = torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)).item()
+    row = torch.tensor([2.0, 1.0, below_one, -1.0, -2.0, -1.5, -2.5, -3.0, -4.0, -5.0])
+    want = _combines_agree_with_the_reference(row.expand(6, -1).contiguous(), [0, 5, 10], k,
+                                              0.7, torch.arange(6) + 7)
+    assert set(want.tolist()) == {0, 1}
+
+
+def test_candidates_keep_a_zero_and_a_negative_zero_alike():
+    """0.0 and -0.0 are one logit: top-p keeps both or neither (a -0.0 sent unsanitised
+    took a lower key than 0.0 in the kernel's combine, which then cut it)."""
+    x = torch.tensor([0.0, -5.0, -0.0, -5.0]).expand(16, -1).contiguous()
+    want = _combines_agree_with_the_reference(x, [0, 2, 4], 2, 0.3, torch.arange(16))
+    assert set(want.tolist()) == {0, 2}
