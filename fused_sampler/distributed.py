@@ -324,20 +324,25 @@ def _plain_columns(a, real, n, vocab_start, inv_t):
 _SHARED = 9      # the columns _shared_columns puts before each call's own
 
 
+def _best_noise(key, vocab_start):
+    """([B] the largest of each row's ``key``, [B] float64 global index of its first
+    holder, _NO_INDEX where the row's best is -inf)."""
+    k = key.amax(dim=1)
+    return k, torch.where(k > float("-inf"), torch.argmax(key, dim=1).double() + vocab_start,
+                          _NO_INDEX)
+
+
 def _shared_columns(x, raw, g, real, vocab_start):
     """[B, _SHARED] float64: a shard's max, NaN flag, lowest index of its max, and its
     share of the rows the contract makes uniform whatever the filters: the best noise
     among its +inf tokens and of all its tokens, with their indices, its +inf count and
     its token count."""
-    def best(key):                                            # (key, global index)
-        k = key.amax(dim=1)
-        return [k, torch.where(k > float("-inf"), torch.argmax(key, dim=1).double() +
-                               vocab_start, _NO_INDEX)]
     m_r = x.amax(dim=1, keepdim=True)
     return torch.stack([m_r[:, 0].double(), (torch.isnan(raw) & real).any(dim=1).double(),
                         _greedy_index(x, m_r, real, vocab_start),
-                        *best(torch.where(x == float("inf"), g, float("-inf"))),
-                        *best(torch.where(real, g, float("-inf"))),
+                        *_best_noise(torch.where(x == float("inf"), g, float("-inf")),
+                                     vocab_start),
+                        *_best_noise(torch.where(real, g, float("-inf")), vocab_start),
                         (x == float("inf")).sum(dim=1).double(),
                         real.sum(dim=1).double().expand(x.shape[0])], dim=1)
 
@@ -506,17 +511,14 @@ def _candidate_columns(a, real, n, vocab_start, k):
     pad = [torch.full((B, k - kk), v, device=dev, dtype=torch.float64)
            for v in (float("-inf"), _NO_INDEX, 0.0)]
     tied = real & (x == kth[:, None])
-    tied_g = torch.where(tied & (kth[:, None] > float("-inf")), g, float("-inf"))
-    best = tied_g.amax(dim=1)
-    pos = torch.arange(x.shape[1], device=dev, dtype=torch.float64)[None, :] + vocab_start
-    best_idx = torch.where(tied_g == best[:, None], pos, _NO_INDEX).amin(dim=1)
+    best, best_idx = _best_noise(torch.where(tied & (kth[:, None] > float("-inf")), g,
+                                             float("-inf")), vocab_start)
     return torch.cat([
         _shared_columns(x, raw, g, real, vocab_start),
         torch.where(above, top_x, float("-inf")).double(), pad[0],
         torch.where(above, top_i.double() + vocab_start, _NO_INDEX), pad[1],
         torch.where(above, g.gather(1, top_i), 0.0), pad[2],
-        torch.stack([kth.double(), tied.sum(dim=1).double(), best,
-                     torch.where(best > float("-inf"), best_idx, _NO_INDEX)], dim=1)],
+        torch.stack([kth.double(), tied.sum(dim=1).double(), best, best_idx], dim=1)],
         dim=1)
 
 

@@ -2422,6 +2422,21 @@ NO_INDEX_F = tl.constexpr(float(2 ** 62))   # "no token" in a summary's index co
 
 
 @_device
+def _keep_best(on, g, offs, best_g, best_i):
+    """Each lane's running best noise among the tokens ``on`` and its index, after one
+    tile (tiles in index order: ties keep the first)."""
+    win = on & (g > best_g)
+    return tl.where(win, g, best_g), tl.where(win, offs, best_i)
+
+
+@_device
+def _best_lane(best_g, best_i):
+    """The best of the lanes' running noises (_keep_best) and its lowest index."""
+    g = tl.max(best_g, 0)
+    return g, tl.min(tl.where(best_g == g, best_i, NO_TOKEN), 0)
+
+
+@_device
 def _exact_range(row_ptr, lo, hi, inv_t, seed, off_lo, off_hi, RARE_BLOCK: tl.constexpr):
     """Tokens [lo, hi) of a row (any alignment: each token's own Philox words) the exact
     way, twice read: (the largest finite logit m_f, the race's winner over the finite
@@ -2446,12 +2461,8 @@ def _exact_range(row_ptr, lo, hi, inv_t, seed, off_lo, off_hi, RARE_BLOCK: tl.co
         fin_v = tl.maximum(fin_v, tl.where(x < POS_INF, x, NEG_INF))
         is_inf = ok & (x == POS_INF)
         n_inf += is_inf.to(tl.int32)
-        win = is_inf & (g > inf_g)          # tiles in index order: ties keep the first
-        inf_g = tl.where(win, g, inf_g)
-        inf_i = tl.where(win, offs, inf_i)
-        win = ok & (g > all_g)
-        all_g = tl.where(win, g, all_g)
-        all_i = tl.where(win, offs, all_i)
+        inf_g, inf_i = _keep_best(is_inf, g, offs, inf_g, inf_i)
+        all_g, all_i = _keep_best(ok, g, offs, all_g, all_i)
     m_f = tl.max(fin_v, 0)
     inv_t64 = inv_t.to(tl.float64)
     c2 = _c2(inv_t)
@@ -2476,12 +2487,11 @@ def _exact_range(row_ptr, lo, hi, inv_t, seed, off_lo, off_hi, RARE_BLOCK: tl.co
     k = tl.max(best_k, 0)
     i = tl.min(tl.where(best_k == k, best_i, NO_TOKEN), 0)
     at = best_i == i
-    g_inf = tl.max(inf_g, 0)
-    g_all = tl.max(all_g, 0)
+    g_inf, i_inf = _best_lane(inf_g, inf_i)
+    g_all, i_all = _best_lane(all_g, all_i)
     return (m_f, i, tl.max(tl.where(at, best_x, NEG_INF), 0),
             tl.max(tl.where(at, best_g, NEG_INF), 0), tl.sum(z_v, 0), tl.max(raw_v, 0),
-            tl.sum(n_inf, 0), g_inf, tl.min(tl.where(inf_g == g_inf, inf_i, NO_TOKEN), 0),
-            g_all, tl.min(tl.where(all_g == g_all, all_i, NO_TOKEN), 0))
+            tl.sum(n_inf, 0), g_inf, i_inf, g_all, i_all)
 
 
 @_device
@@ -2781,21 +2791,12 @@ def _candidates_kernel(
             if tl.max((racing | is_inf | anyone).to(tl.int32), 0) > 0:
                 g = _gumbel(_token_words(seed, off_lo, off_hi, offs, 0),
                             _token_words(seed, off_lo, off_hi, offs, 1))
-                win = racing & (g > g_tie_v)                  # tiles in index order
-                g_tie_v = tl.where(win, g, g_tie_v)
-                i_tie_v = tl.where(win, offs, i_tie_v)
-                win = is_inf & (g > g_inf_v)
-                g_inf_v = tl.where(win, g, g_inf_v)
-                i_inf_v = tl.where(win, offs, i_inf_v)
-                win = anyone & (g > g_all_v)
-                g_all_v = tl.where(win, g, g_all_v)
-                i_all_v = tl.where(win, offs, i_all_v)
-        best_tie = tl.max(g_tie_v, 0)
-        i_tie = tl.min(tl.where(g_tie_v == best_tie, i_tie_v, NO_TOKEN), 0)
-        best_inf = tl.max(g_inf_v, 0)
-        i_inf = tl.min(tl.where(g_inf_v == best_inf, i_inf_v, NO_TOKEN), 0)
-        best_all = tl.max(g_all_v, 0)
-        i_all = tl.min(tl.where(g_all_v == best_all, i_all_v, NO_TOKEN), 0)
+                g_tie_v, i_tie_v = _keep_best(racing, g, offs, g_tie_v, i_tie_v)
+                g_inf_v, i_inf_v = _keep_best(is_inf, g, offs, g_inf_v, i_inf_v)
+                g_all_v, i_all_v = _keep_best(anyone, g, offs, g_all_v, i_all_v)
+        best_tie, i_tie = _best_lane(g_tie_v, i_tie_v)
+        best_inf, i_inf = _best_lane(g_inf_v, i_inf_v)
+        best_all, i_all = _best_lane(g_all_v, i_all_v)
     _store_odd_columns(out, m_r, i_r, best_inf, i_inf, best_all, i_all, n_inf, n)
     group = out + SHARED_COLS + 3 * k
     tl.store(group, c.to(tl.float64))

@@ -453,9 +453,9 @@ def analyse(spec: Spec, arch=90):
         kwargs = {"num_warps": 4, "BLOCK": 1}       # one row's candidates, no stream
     elif spec.candidates:
         _, _, kwargs, _ = sampler.candidate_kernel_args(
-            a, torch.zeros(a.batch, 50, dtype=a.logits.dtype),
-            torch.zeros(a.batch, 50, dtype=torch.int64),
-            SHARD_START, V_REPORT, 50)
+            a, torch.zeros(a.batch, a.top_k, dtype=a.logits.dtype),
+            torch.zeros(a.batch, a.top_k, dtype=torch.int64), SHARD_START, V_REPORT,
+            a.top_k)
     elif spec.split:
         _, _, kwargs, _ = sampler.split_kernel_args(a, **launch)
     else:
