@@ -30,9 +30,10 @@ the logits.
 Where the backend resolves to Triton, a plain call's local step is the kernel's
 (_shard_kernel: the split kernel's chunk race, a shard being chunks of a row that live on
 another rank, one read), and so is a scalar top-k's (torch.topk, then _candidates_kernel),
-each with its combine in one launch; the other filtered calls take their race's noise
-from the kernel's noise launch, and their other local steps are PyTorch operations on
-the shard (each radix level one read of it).
+each with its combine in one launch; the other filtered calls sum each radix level in
+one launch (_radix_level_kernel: one read of the shard) and take their race's noise from
+the kernel's noise launch, their max, race and the levels' choices of a bin being
+PyTorch operations.
 """
 from __future__ import annotations
 
@@ -136,33 +137,48 @@ def _row_hist(digit, values, inside):
     return out.view(B, _BINS)
 
 
-def _radix_levels(keys, real, k, mass, p, group):
+def _level_hists(a, real, n, keys, mass, m_raw, inv_t, kept_lo):
+    """level(shift, pre_k, pre_p) -> int64 [H, B, _BINS]: a radix level's digit counts
+    (given ``pre_k``) and exact masses (given ``pre_p``) over this shard's tokens under
+    the prefixes.  On the kernel's backends one launch reading the shard
+    (_radix_level_kernel, masses at or above ``kept_lo``); else PyTorch over ``keys`` and
+    ``mass`` (already zero below kept_lo)."""
+    sampler = _kernel(a)
+    if sampler is not None:
+        m32 = m_raw[:, 0].float()
+        return lambda shift, pre_k, pre_p: sampler.radix_level_hist(
+            a.logits, n, m32, inv_t, shift, RADIX_BITS, pre_k, pre_p, kept_lo)
+
+    def level(shift, pre_k, pre_p):
+        digit = (keys >> shift) & (_BINS - 1)
+        hists = []
+        for pre, values in ((pre_k, torch.ones_like(keys)), (pre_p, mass)):
+            if pre is not None:
+                inside = real & ((keys >> (shift + RADIX_BITS)) == pre[:, None])
+                hists.append(_row_hist(digit, values, inside))
+        return torch.stack(hists)
+    return level
+
+
+def _radix_levels(level_hist, B, device, k, has_mass, p, group):
     """The top-k threshold key (the k-th largest key; None when ``k`` is None) and the
-    top-p one (the lowest key whose strictly-larger mass is below p * K, K the sum of
-    ``mass`` over the row; None when ``mass`` is None), each by LEVELS radix levels over
-    the keys of every rank.  Both in the same all-reduces when both are given (order
-    "joint").
+    top-p one (the lowest key whose strictly-larger mass is below p * K, K the row's
+    mass; None without ``has_mass``), each by LEVELS radix levels over the keys of every
+    rank, ``level_hist`` (_level_hists) summing this rank's digits.  Both in the same
+    all-reduces when both are given (order "joint").
 
     Top-k keeps the bin where the count from the top reaches the tokens still needed;
     top-p the lowest bin whose mass strictly above it (above the bracket, plus the bins
     above it) is below pK: the tokens there and above pass the reference's test
     ``mass strictly above < p * K``, and no token lies between that key and the lowest
     passing one."""
-    B = keys.shape[0]
-    zeros = torch.zeros(B, dtype=torch.int64, device=keys.device)
+    zeros = torch.zeros(B, dtype=torch.int64, device=device)
     pre_k, need = zeros, k
     pre_p, above, pk = zeros, zeros, None
     for level in range(LEVELS):
         shift = 32 - RADIX_BITS * (level + 1)
-        digit = (keys >> shift) & (_BINS - 1)
-        hists = []
-        if k is not None:
-            inside = real & ((keys >> (shift + RADIX_BITS)) == pre_k[:, None])
-            hists.append(_row_hist(digit, torch.ones_like(keys), inside))
-        if mass is not None:
-            inside = real & ((keys >> (shift + RADIX_BITS)) == pre_p[:, None])
-            hists.append(_row_hist(digit, mass, inside))
-        hist = torch.stack(hists)
+        hist = level_hist(shift, pre_k if k is not None else None,
+                          pre_p if has_mass else None)
         dist.all_reduce(hist, group=group)
         desc = hist.flip(2)                                   # from the top bin down
         before = torch.cumsum(desc, dim=2) - desc             # strictly above each bin
@@ -170,17 +186,17 @@ def _radix_levels(keys, real, k, mass, p, group):
             j = (before[0] < need[:, None]).sum(dim=1) - 1    # where the count reaches k
             need = need - before[0].gather(1, j[:, None])[:, 0]
             pre_k = (pre_k << RADIX_BITS) | (_BINS - 1 - j)
-        if mass is not None:
+        if has_mass:
             if pk is None:                                    # K: the first level's total
                 pk = p * hist[-1].sum(dim=1).double()
             strictly = above[:, None] + before[-1]
             j = (strictly.double() < pk[:, None]).sum(dim=1) - 1   # the lowest passing bin
             above = strictly.gather(1, j[:, None])[:, 0]
             pre_p = (pre_p << RADIX_BITS) | (_BINS - 1 - j)
-    return (pre_k if k is not None else None), (pre_p if mass is not None else None)
+    return (pre_k if k is not None else None), (pre_p if has_mass else None)
 
 
-def _kept(a, real, vocab_size, group, validate):
+def _kept(a, real, n, vocab_size, group, validate):
     """The kept set of this rank's tokens, as fused_sampler.reference.keep_mask defines it
     for the whole rows: (keep, d, greedy, x, m, inv_t, raw max), with the collectives of
     steps 1-3 (module docstring)."""
@@ -216,13 +232,18 @@ def _kept(a, real, vocab_size, group, validate):
         p = torch.where(p_on, p, 1.0).clamp_min(1e-30)        # (levels need a finite p K)
         mass = _terms(x_s, m, inv_t)
     joint = a.order == "joint"
+    kept_lo = torch.zeros(B, dtype=torch.int64, device=dev)
     if k is not None and (mass is None or not joint):
-        theta_k, _ = _radix_levels(keys, real, k, None, None, group)
+        theta_k, _ = _radix_levels(_level_hists(a, real, n, keys, None, m_raw, inv_t, None),
+                                   B, dev, k, False, None, group)
         keep &= ~k_on[:, None] | (keys >= theta_k[:, None])
+        kept_lo = torch.where(k_on, theta_k, 0)
     if mass is not None:
         # top-p measures the top-k set's mass (order "top_k_first") or the whole row's
         mass = torch.where(keep if not joint else real, mass, 0)
-        theta_k, theta_p = _radix_levels(keys, real, k if joint else None, mass, p, group)
+        theta_k, theta_p = _radix_levels(
+            _level_hists(a, real, n, keys, mass, m_raw, inv_t, kept_lo), B, dev,
+            k if joint else None, True, p, group)
         if joint and k is not None:
             keep &= ~k_on[:, None] | (keys >= theta_k[:, None])
         keep &= ~p_on[:, None] | (keys >= theta_p[:, None])
@@ -553,9 +574,10 @@ def sample(local_logits, *, vocab_start, vocab_size, group=None, temperature=1.0
     backend : {"auto", "triton", "reference"}
         "triton" (and "auto" for CUDA tensors, or CPU ones under TRITON_INTERPRET=1): a
         call without filters, or with a scalar top-k up to CANDIDATES_MAX, runs its shard
-        and the combine through the kernel; the other filtered calls take their race's
-        noise from the kernel's noise launch, their other steps being PyTorch operations
-        on every backend; "reference": PyTorch.
+        and the combine through the kernel; the other filtered calls sum each radix
+        level in a launch and take their race's noise from the kernel's noise launch,
+        their other steps being PyTorch operations on every backend; "reference":
+        PyTorch.
 
     Returns
     -------
@@ -573,7 +595,7 @@ def sample(local_logits, *, vocab_start, vocab_size, group=None, temperature=1.0
     if by_candidates(a.top_k, a.top_p is not None, a.order, vocab_size):
         return a.finish(*_candidates(a, real, n, vocab_start, group, validate),
                         return_logprobs)
-    keep, d, greedy, x_s, m, inv_t, m_raw, x = _kept(a, real, vocab_size, group, validate)
+    keep, d, greedy, x_s, m, inv_t, m_raw, x = _kept(a, real, n, vocab_size, group, validate)
     # 4. this shard's race winner (the reference's float64 key, noise by global index)
     g = _noise(a, n, vocab_start).double()
     key = (x_s.double() - m.double()) * inv_t.double()[:, None] + g
@@ -605,7 +627,7 @@ def filtered_probs(local_logits, *, vocab_start, vocab_size, group=None, tempera
     if a.batch == 0:
         return torch.empty(local_logits.shape, dtype=torch.float32,
                            device=local_logits.device)
-    keep, d, greedy, x_s, m, inv_t, m_raw, x = _kept(a, real, vocab_size, group, True)
+    keep, d, greedy, x_s, m, inv_t, m_raw, x = _kept(a, real, n, vocab_size, group, True)
     w = torch.where(keep, torch.exp(d).double(), 0.0)
     every = _gather(torch.stack([w.sum(dim=1), _greedy_index(x, m_raw, real, vocab_start)],
                                 dim=1), group)

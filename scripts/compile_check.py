@@ -82,6 +82,13 @@ def compile_call(a, probs_mode, arch, ptxas_log=False, **launch):
         args, kwargs = sampler.combine_shards_args(a, torch.zeros(17, a.batch, 14,
                                                                   dtype=torch.float64))
         fn = sampler._combine_shards_kernel
+    elif launch.get("level"):         # a radix level of a shard (the other filtered calls)
+        B = a.logits.shape[0]
+        rows = torch.zeros(B, dtype=torch.int64)
+        _, args, kwargs, _ = sampler.radix_level_args(
+            a.logits, a.logits.shape[1], torch.zeros(B), torch.ones(B), 16, 8, rows, rows,
+            rows)
+        fn = sampler._radix_level_kernel
     elif launch.get("chunks"):        # rows split over programs (small batches)
         _, args, kwargs, _ = sampler.split_kernel_args(a, **launch)
         fn = sampler._split_kernel
@@ -154,6 +161,7 @@ def calls(quick):
         dict(shard=True)
     yield "combine of the shards' summaries: plain, temperature tensor", a, False, \
         dict(combine=True)
+    yield "a radix level of a vocabulary shard: counts and masses", a, False, dict(level=True)
     # ... and a scalar top-k's candidates (with top-p and min-p tensors), and their combine
     a = _args.check(x, rows(0.7, torch.float32), 50, rows(0.9, torch.float64),
                     rows(0.05, torch.float32), "top_k_first", seed=seeds, validate=False)

@@ -68,6 +68,8 @@ class Spec:
     shard: bool = False       # a vocabulary shard's chunk summaries (fs.distributed)
     candidates: bool = False  # a shard's summary for a scalar top-k (fs.distributed)
     combine: int = 0          # ... or the combine of W ranks' such summaries
+    level: bool = False       # a radix level of a shard (the other filtered calls)
+    budget: int = 0           # --check's budget for its loops, where not BUDGET_STREAM
 
 
 _T07 = dict(temperature=0.7)
@@ -118,6 +120,11 @@ SPECS = (
          torch.bfloat16, typical=("candidates' shard",), candidates=True),
     Spec("shard top_k_top_p, combine of 8 ranks' candidates",
          dict(_T07, top_k=50, top_p=0.9), typical=(), combine=8),
+    # and one radix level of the other filtered calls, counts and masses (_radix_level_kernel):
+    # a read per collective of ~10 us, so held to a looser budget (docs/design.md, "Tensor
+    # parallel": ~2 us at B = 64 on an H100, issue-bound)
+    Spec("shard level bf16", dict(_T07, top_p=0.9), torch.bfloat16, typical=("radix level",),
+         level=True, budget=64),
 )
 # --quick (CI): the plain loop (held to its own budget) and at its widest, every filtered
 # loop with the most live state, and the write pass; split rows' plain race and pass 1
@@ -445,12 +452,16 @@ def analyse(spec: Spec, arch=90):
         launch.update(candidates=SHARD_START)
     if spec.combine:
         launch.update(combine_candidates=spec.combine)
+    if spec.level:
+        launch.update(level=True)
     kernel, log = compile_check.compile_call(a, spec.probs, arch, ptxas_log=True, **launch)
     if spec.shard:
         _, _, kwargs, _ = sampler.shard_kernel_args(a, SHARD_START, V_REPORT, 8,
                                                     return_logprobs=spec.logprobs)
     elif spec.combine:
         kwargs = {"num_warps": 4, "BLOCK": 1}       # one row's candidates, no stream
+    elif spec.level:
+        kwargs = {"num_warps": 4, "BLOCK": sampler.LEVEL_BLOCK}
     elif spec.candidates:
         _, _, kwargs, _ = sampler.candidate_kernel_args(
             a, torch.zeros(a.batch, a.top_k, dtype=a.logits.dtype),
@@ -472,7 +483,8 @@ def analyse(spec: Spec, arch=90):
                 **ptxas_numbers(log), loops=[dataclasses.asdict(l) for l in found],
                 typical=list(spec.typical), itemsize=spec.dtype.itemsize,
                 logprobs=spec.logprobs, split=list(spec.split),
-                shard=spec.shard or spec.candidates or bool(spec.combine))
+                shard=spec.shard or spec.candidates or bool(spec.combine) or spec.level,
+                budget=spec.budget)
 
 
 def hbm_budget(gpu, itemsize):
@@ -490,7 +502,8 @@ def problems(result):
                    f"loaded, {result['stack']} B stack")
     plain = result["spec"].startswith(("plain ", "split plain ", "shard plain "))
     for loop in result["loops"]:
-        budget = BUDGET_PLAIN if plain and loop["stream"] == "race" else BUDGET_STREAM
+        budget = BUDGET_PLAIN if plain and loop["stream"] == "race" else \
+            result["budget"] or BUDGET_STREAM
         if loop["per_element"] > budget:
             out.append(f"loop '{loop['stream']}' at {loop['per_element']:.1f} instructions "
                        f"per element (budget {budget})")

@@ -80,10 +80,12 @@ def ring_bytes(op, payload, W):
 def local_reads(top_k=False, top_p=False, min_p=False, order="top_k_first", V=128256):
     """Reads of the shard by the local steps: plain, one (the kernel's race); a scalar
     top-k, three (nan_to_num's read and write taken as one, torch.topk's as one, and the
-    kernel's candidates pass); other filtered calls, were each step one fused read (the
-    PyTorch operations that run them today read and write several times more), the max,
-    each radix level (top-k and top-p: LEVELS each, shared under order "joint") and the
-    race."""
+    kernel's candidates pass); other filtered calls, the max, each radix level (top-k
+    and top-p: LEVELS each, shared under order "joint"; one launch of
+    _radix_level_kernel each on the kernel's backends, a read whose SASS issues some 50
+    instructions a token: issue-bound, not charged) and the race (were the max and the
+    race one fused read each: the PyTorch operations that run them read and write
+    several times more)."""
     if by_candidates(top_k, top_p, order, V):
         return 3
     if not (top_k or top_p or min_p):

@@ -521,3 +521,52 @@ def test_candidates_keep_a_zero_and_a_negative_zero_alike():
     x = torch.tensor([0.0, -5.0, -0.0, -5.0]).expand(16, -1).contiguous()
     want = _combines_agree_with_the_reference(x, [0, 2, 4], 2, 0.3, torch.arange(16))
     assert set(want.tolist()) == {0, 2}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_radix_level_kernel_sums_what_the_pytorch_level_sums(dtype):
+    """One radix level on the kernel's backends (_radix_level_kernel) against the PyTorch
+    level of fsd._level_hists: the same digit counts, exactly, and the same fixed-point
+    masses to the last bits of exp2 (numpy's in the interpreter, MUFU's on a GPU), at
+    every shift, under prefixes taken from the row's own keys, with top-k's floor on the
+    masses, over a strided shard with 0.0 and -0.0, NaN, a +inf row, a row with no finite
+    logit and -inf tokens; and an empty shard."""
+    from fused_sampler.kernels import sampler
+    g = torch.Generator().manual_seed(7)
+    B, n = 6, 700
+    wide = (torch.randn(B, n + 37, generator=g) * 3).to(dtype)
+    x = wide[:, 5:5 + n]                                   # rows n + 37 apart
+    x[0, :50], x[0, 50:60] = 0.0, -0.0
+    x[1, 5], x[2, 7], x[2, 9], x[3], x[4, ::3] = float("nan"), INF, INF, -INF, -INF
+    inv_t = torch.tensor([1.0, 0.5, 2.0, 1.0, 1.3, 0.7])
+    for width in (n, 0):
+        shard = x if width else x[:, :0]
+        a, real, n_real = fsd._check(shard, 0, n, None, 1.0, None, None, None,
+                                     "top_k_first", 0, 0, None, "reference", False)
+        xc = torch.where(real, fs.reference.clean(a.logits), -INF)
+        m_raw = xc.amax(dim=1, keepdim=True)
+        if not width:
+            m_raw = torch.tensor([[1.0], [2.0], [INF], [-INF], [0.5], [3.0]])
+        x_s, m = fs.reference.resolve_odd_rows(xc, m_raw)
+        keys = fsd._keys(x_s)
+        kept_lo = torch.where(torch.arange(B) % 2 == 0, keys[:, 100 % keys.shape[1]], 0)
+        mass = torch.where(keys >= kept_lo[:, None], fsd._terms(x_s, m, inv_t), 0)
+        level = fsd._level_hists(a, real, n_real, keys, mass, m_raw, inv_t, kept_lo)
+        for shift in (24, 16, 8, 0):
+            up = shift + fsd.RADIX_BITS
+            pre_k = keys[:, 3 % keys.shape[1]] >> up
+            pre_p = keys[:, 11 % keys.shape[1]] >> up
+            want = level(shift, pre_k, pre_p)
+            got = sampler.radix_level_hist(a.logits, n_real, m_raw[:, 0], inv_t, shift,
+                                           fsd.RADIX_BITS, pre_k, pre_p, kept_lo)
+            where = f"{dtype} width {width} shift {shift}"
+            assert torch.equal(got[0], want[0]), where
+            assert (want[1] > 0).any() or not width, where          # masses were summed
+            torch.testing.assert_close(got[1].double(), want[1].double(), rtol=1e-6,
+                                       atol=n, msg=where)
+            assert torch.equal(sampler.radix_level_hist(
+                a.logits, n_real, m_raw[:, 0], inv_t, shift, fsd.RADIX_BITS, pre_k)[0],
+                got[0]), where
+            assert torch.equal(sampler.radix_level_hist(
+                a.logits, n_real, m_raw[:, 0], inv_t, shift, fsd.RADIX_BITS, None, pre_p,
+                kept_lo)[0], got[1]), where
