@@ -30,10 +30,10 @@ the logits.
 Where the backend resolves to Triton, a plain call's local step is the kernel's
 (_shard_kernel: the split kernel's chunk race, a shard being chunks of a row that live on
 another rank, one read), and so is a scalar top-k's (torch.topk, then _candidates_kernel),
-each with its combine in one launch; the other filtered calls sum each radix level in
-one launch (_radix_level_kernel: one read of the shard) and take their race's noise from
-the kernel's noise launch, their max, race and the levels' choices of a bin being
-PyTorch operations.
+each with its combine in one launch; the other filtered calls run each radix level in
+one launch (_radix_level_kernel: the previous level's choice of a bin, then one read of
+the shard) and take their race's noise from the kernel's noise launch, their max, kept
+set and race being PyTorch operations.
 """
 from __future__ import annotations
 
@@ -137,63 +137,83 @@ def _row_hist(digit, values, inside):
     return out.view(B, _BINS)
 
 
-def _level_hists(a, real, n, keys, mass, m_raw, inv_t, kept_lo):
-    """level(shift, pre_k, pre_p) -> int64 [H, B, _BINS]: a radix level's digit counts
-    (given ``pre_k``) and exact masses (given ``pre_p``) over this shard's tokens under
-    the prefixes.  On the kernel's backends one launch reading the shard
-    (_radix_level_kernel, masses at or above ``kept_lo``); else PyTorch over ``keys`` and
-    ``mass`` (already zero below kept_lo)."""
-    sampler = _kernel(a)
-    if sampler is not None:
-        m32 = m_raw[:, 0].float()
-        return lambda shift, pre_k, pre_p: sampler.radix_level_hist(
-            a.logits, n, m32, inv_t, shift, RADIX_BITS, pre_k, pre_p, kept_lo)
-
-    def level(shift, pre_k, pre_p):
-        digit = (keys >> shift) & (_BINS - 1)
-        hists = []
-        for pre, values in ((pre_k, torch.ones_like(keys)), (pre_p, mass)):
-            if pre is not None:
-                inside = real & ((keys >> (shift + RADIX_BITS)) == pre[:, None])
-                hists.append(_row_hist(digit, values, inside))
-        return torch.stack(hists)
-    return level
-
-
-def _radix_levels(level_hist, B, device, k, has_mass, p, group):
-    """The top-k threshold key (the k-th largest key; None when ``k`` is None) and the
-    top-p one (the lowest key whose strictly-larger mass is below p * K, K the row's
-    mass; None without ``has_mass``), each by LEVELS radix levels over the keys of every
-    rank, ``level_hist`` (_level_hists) summing this rank's digits.  Both in the same
-    all-reduces when both are given (order "joint").
+def _choose(hist, state, pk, p, first, has_k, has_p):
+    """Each row's choice of a bin from a level's all-reduced histograms ``hist`` [H, B,
+    _BINS], in place: the PyTorch twin of the kernel's _radix_choose.  ``state`` int64
+    [B, 4]: top-k's prefix and the tokens it still needs, top-p's prefix and the mass
+    above its bracket; ``pk`` float64 [B], p x K, set from ``p`` when ``first`` (the
+    first level's total is K).
 
     Top-k keeps the bin where the count from the top reaches the tokens still needed;
     top-p the lowest bin whose mass strictly above it (above the bracket, plus the bins
     above it) is below pK: the tokens there and above pass the reference's test
     ``mass strictly above < p * K``, and no token lies between that key and the lowest
     passing one."""
-    zeros = torch.zeros(B, dtype=torch.int64, device=device)
-    pre_k, need = zeros, k
-    pre_p, above, pk = zeros, zeros, None
+    desc = hist.flip(2)                                       # from the top bin down
+    before = torch.cumsum(desc, dim=2) - desc                 # strictly above each bin
+    if has_k:
+        need = state[:, 1]
+        j = (before[0] < need[:, None]).sum(dim=1) - 1        # where the count reaches k
+        state[:, 1] = need - before[0].gather(1, j[:, None])[:, 0]
+        state[:, 0] = (state[:, 0] << RADIX_BITS) | (_BINS - 1 - j)
+    if has_p:
+        if first:
+            pk.copy_(p * hist[-1].sum(dim=1).double())
+        strictly = state[:, 3:4] + before[-1]
+        j = (strictly.double() < pk[:, None]).sum(dim=1) - 1  # the lowest passing bin
+        state[:, 3] = strictly.gather(1, j[:, None])[:, 0]
+        state[:, 2] = (state[:, 2] << RADIX_BITS) | (_BINS - 1 - j)
+
+
+def _level(keys, real, mass, shift, state, has_k, has_p):
+    """A radix level's int64 [H, B, _BINS] digit counts (``has_k``) and exact masses
+    (``has_p``; ``mass`` already zero below top-k's threshold under "top_k_first") over
+    this shard's tokens under the prefixes in ``state``, in PyTorch: the reference
+    backend's twin of the kernel's _radix_level_kernel."""
+    digit = (keys >> shift) & (_BINS - 1)
+    hists = []
+    for on, pre, values in ((has_k, state[:, 0], torch.ones_like(keys)),
+                            (has_p, state[:, 2], mass)):
+        if on:
+            inside = real & ((keys >> (shift + RADIX_BITS)) == pre[:, None])
+            hists.append(_row_hist(digit, values, inside))
+    return torch.stack(hists)
+
+
+def _radix_levels(a, real, n, keys, mass, m_raw, inv_t, kept_lo, k, p, group):
+    """The top-k threshold key (the k-th largest key; None when ``k`` is None) and the
+    top-p one (the lowest key whose strictly-larger mass is below p * K, K the row's
+    mass; None when ``mass`` is None), each by LEVELS radix levels over the keys of every
+    rank, one all-reduce a level: both in the same all-reduces when both are given (order
+    "joint").  On the kernel's backends each level is one launch of _radix_level_kernel,
+    which makes the previous level's choice of a bin and sums this one over the shard
+    (one read; masses at or above ``kept_lo``), and one more launch makes the last
+    choice; else PyTorch (_level, _choose) over ``keys`` and ``mass``."""
+    B, dev = a.batch, a.logits.device
+    has_k, has_p = k is not None, mass is not None
+    zeros = torch.zeros(B, dtype=torch.int64, device=dev)
+    state = torch.stack([zeros, k if has_k else zeros, zeros, zeros], dim=1)
+    pk = torch.zeros(B, dtype=torch.float64, device=dev)
+    sampler = _kernel(a)
+    m32 = m_raw[:, 0].float()
+    hist = None
     for level in range(LEVELS):
         shift = 32 - RADIX_BITS * (level + 1)
-        hist = level_hist(shift, pre_k if k is not None else None,
-                          pre_p if has_mass else None)
+        if sampler is not None:
+            hist = sampler.radix_level(a.logits, n, m32, inv_t, shift, RADIX_BITS, state,
+                                       has_k=has_k, has_p=has_p, kept_lo=kept_lo, prev=hist,
+                                       pk=pk, p=p, first=level == 1)
+        else:
+            if hist is not None:
+                _choose(hist, state, pk, p, level == 1, has_k, has_p)
+            hist = _level(keys, real, mass, shift, state, has_k, has_p)
         dist.all_reduce(hist, group=group)
-        desc = hist.flip(2)                                   # from the top bin down
-        before = torch.cumsum(desc, dim=2) - desc             # strictly above each bin
-        if k is not None:
-            j = (before[0] < need[:, None]).sum(dim=1) - 1    # where the count reaches k
-            need = need - before[0].gather(1, j[:, None])[:, 0]
-            pre_k = (pre_k << RADIX_BITS) | (_BINS - 1 - j)
-        if has_mass:
-            if pk is None:                                    # K: the first level's total
-                pk = p * hist[-1].sum(dim=1).double()
-            strictly = above[:, None] + before[-1]
-            j = (strictly.double() < pk[:, None]).sum(dim=1) - 1   # the lowest passing bin
-            above = strictly.gather(1, j[:, None])[:, 0]
-            pre_p = (pre_p << RADIX_BITS) | (_BINS - 1 - j)
-    return (pre_k if k is not None else None), (pre_p if has_mass else None)
+    if sampler is not None:
+        sampler.radix_level(a.logits, n, m32, inv_t, 0, RADIX_BITS, state, has_k=has_k,
+                            has_p=has_p, prev=hist, pk=pk, p=p, stream=False)
+    else:
+        _choose(hist, state, pk, p, False, has_k, has_p)
+    return (state[:, 0] if has_k else None), (state[:, 2] if has_p else None)
 
 
 def _kept(a, real, n, vocab_size, group, validate):
@@ -234,16 +254,15 @@ def _kept(a, real, n, vocab_size, group, validate):
     joint = a.order == "joint"
     kept_lo = torch.zeros(B, dtype=torch.int64, device=dev)
     if k is not None and (mass is None or not joint):
-        theta_k, _ = _radix_levels(_level_hists(a, real, n, keys, None, m_raw, inv_t, None),
-                                   B, dev, k, False, None, group)
+        theta_k, _ = _radix_levels(a, real, n, keys, None, m_raw, inv_t, None, k, None,
+                                   group)
         keep &= ~k_on[:, None] | (keys >= theta_k[:, None])
         kept_lo = torch.where(k_on, theta_k, 0)
     if mass is not None:
         # top-p measures the top-k set's mass (order "top_k_first") or the whole row's
         mass = torch.where(keep if not joint else real, mass, 0)
-        theta_k, theta_p = _radix_levels(
-            _level_hists(a, real, n, keys, mass, m_raw, inv_t, kept_lo), B, dev,
-            k if joint else None, True, p, group)
+        theta_k, theta_p = _radix_levels(a, real, n, keys, mass, m_raw, inv_t, kept_lo,
+                                         k if joint else None, p, group)
         if joint and k is not None:
             keep &= ~k_on[:, None] | (keys >= theta_k[:, None])
         keep &= ~p_on[:, None] | (keys >= theta_p[:, None])
@@ -574,7 +593,7 @@ def sample(local_logits, *, vocab_start, vocab_size, group=None, temperature=1.0
     backend : {"auto", "triton", "reference"}
         "triton" (and "auto" for CUDA tensors, or CPU ones under TRITON_INTERPRET=1): a
         call without filters, or with a scalar top-k up to CANDIDATES_MAX, runs its shard
-        and the combine through the kernel; the other filtered calls sum each radix
+        and the combine through the kernel; the other filtered calls run each radix
         level in a launch and take their race's noise from the kernel's noise launch,
         their other steps being PyTorch operations on every backend; "reference":
         PyTorch.

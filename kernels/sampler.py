@@ -2409,59 +2409,108 @@ def _noise_kernel(seed_ptr, offset_ptr, out_ptr, start, n, BLOCK: tl.constexpr,
     tl.store(out_ptr + row * n + pos, g, mask=pos < n)
 
 
+@_device
+def _radix_choose(prev_ptr, B, row, st, pk_ptr, p_ptr, pre_k, pre_p, HAS_K: tl.constexpr,
+                  HAS_P: tl.constexpr, FIRST: tl.constexpr, RADIX_BITS: tl.constexpr):
+    """Row r's choice of a bin from the previous level's all-reduced histograms (``prev``,
+    [H, B, 2^RADIX_BITS]), the arithmetic of fused_sampler.distributed._radix_levels:
+    top-k's bin is the lowest whose count strictly above is below the tokens still needed
+    (``st`` + 1), top-p's the lowest whose mass strictly above (the bracket's, ``st`` + 3,
+    plus the bins above) is below pK (FIRST: the previous level was the first, whose
+    total is K).  Updates the row's state (prefixes, need, mass above, pK) and returns
+    the prefixes (pre_k, pre_p)."""
+    NB: tl.constexpr = 1 << RADIX_BITS
+    bins = tl.arange(0, NB)
+    at = prev_ptr + row * NB + bins
+    if HAS_K:
+        cnt = tl.load(at)
+        before = tl.cumsum(cnt, 0, reverse=True) - cnt            # strictly above each bin
+        need = tl.load(st + 1)
+        b = tl.minimum(tl.min(tl.where(before < need, bins, NB), 0), NB - 1)
+        tl.store(st + 1, need - _pick(bins, b, before))
+        pre_k = (pre_k << RADIX_BITS) | b
+        tl.store(st, pre_k)
+        at += B * NB
+    if HAS_P:
+        mass = tl.load(at)
+        pk = tl.load(pk_ptr + row)
+        if FIRST:                                                  # K: the first level's
+            pk = tl.load(p_ptr + row) * tl.sum(mass, 0).to(tl.float64)
+            tl.store(pk_ptr + row, pk)
+        strictly = tl.load(st + 3) + tl.cumsum(mass, 0, reverse=True) - mass
+        b = tl.minimum(tl.min(tl.where(strictly.to(tl.float64) < pk, bins, NB), 0), NB - 1)
+        tl.store(st + 3, _pick(bins, b, strictly))
+        pre_p = (pre_p << RADIX_BITS) | b
+        tl.store(st + 2, pre_p)
+    return pre_k, pre_p
+
+
 @triton.jit
-def _radix_level_kernel(logits_ptr, stride_row, n, m_ptr, inv_t_ptr, pre_k_ptr, pre_p_ptr,
-                        kept_lo_ptr, hist_ptr, B, shift,
-                        HAS_K: tl.constexpr, HAS_P: tl.constexpr, RADIX_BITS: tl.constexpr,
+def _radix_level_kernel(logits_ptr, stride_row, n, m_ptr, inv_t_ptr, state_ptr, pk_ptr, p_ptr,
+                        kept_lo_ptr, prev_ptr, hist_ptr, B, shift,
+                        HAS_K: tl.constexpr, HAS_P: tl.constexpr, CHOOSE: tl.constexpr,
+                        FIRST: tl.constexpr, STREAM: tl.constexpr, RADIX_BITS: tl.constexpr,
                         BLOCK: tl.constexpr):
     """One radix level of a vocabulary shard (fused_sampler.distributed._radix_levels),
-    program r for row r: over the shard's tokens whose key lies under the level's prefix
-    (its bits above ``shift + RADIX_BITS``), the count (HAS_K, prefix ``pre_k``) and the
-    exact mass (HAS_P, prefix ``pre_p``, tokens at or above ``kept_lo``: top-k's set under
-    "top_k_first") of each digit (the next RADIX_BITS bits).  The tokens as the reference
-    resolves them (NaN -inf, -0.0 +0.0; under a row max ``m_ptr`` of +inf only the +inf
-    tokens, as logit 0; under -inf every token as 0); a mass is _term's under the finite
-    max.  Out: int64 [HAS_K + HAS_P, B, 2^RADIX_BITS], zeroed by the caller (the masses
-    add by integer atomics, as _bin_mass_pass).  One read of the shard: the PyTorch level
-    it replaces read and wrote it some sixteen times."""
+    program r for row r.  CHOOSE: first the previous level's choice of a bin
+    (_radix_choose), which extends the row's prefixes in ``state`` (int64 [B, 4]: top-k's
+    prefix, the tokens it still needs, top-p's prefix, the mass above its bracket).
+    STREAM: then, over the shard's tokens whose key lies under the prefixes (its bits
+    above ``shift + RADIX_BITS``), the count (HAS_K) and the exact mass (HAS_P, tokens at
+    or above ``kept_lo``: top-k's set under "top_k_first") of each digit (the next
+    RADIX_BITS bits).  The tokens as the reference resolves them (NaN -inf, -0.0 +0.0;
+    under a row max ``m_ptr`` of +inf only the +inf tokens, as logit 0; under -inf every
+    token as 0); a mass is _term's under the finite max.  Out: int64 [HAS_K + HAS_P, B,
+    2^RADIX_BITS], zeroed by the caller (the masses add by integer atomics, as
+    _bin_mass_pass).  One read of the shard: the PyTorch level it replaces read and wrote
+    it some thirteen times."""
     NB: tl.constexpr = 1 << RADIX_BITS
     row = tl.program_id(0).to(tl.int64)
-    row_ptr = logits_ptr + row * stride_row
-    m_raw = tl.load(m_ptr + row)
-    inv_t = tl.load(inv_t_ptr + row)
-    odd = (m_raw == POS_INF) | (m_raw == NEG_INF)
-    m = tl.where(odd, 0.0, m_raw)
-    inf_row = tl.where(m_raw == POS_INF, 1.0, 0.0)   # (a scalar float: "Interpreter notes")
-    pre_k = tl.full([], 0, tl.uint32)
-    pre_p = tl.full([], 0, tl.uint32)
-    kept_lo = tl.full([], 0, tl.uint32)
-    mass_row = hist_ptr + row * NB
+    st = state_ptr + row * 4
+    pre_k = tl.full([], 0, tl.int64)
+    pre_p = tl.full([], 0, tl.int64)
     if HAS_K:
-        pre_k = tl.load(pre_k_ptr + row).to(tl.uint32)
-        mass_row += B * NB
+        pre_k = tl.load(st)
     if HAS_P:
-        pre_p = tl.load(pre_p_ptr + row).to(tl.uint32)
-        kept_lo = _u32(tl.load(kept_lo_ptr + row))
-    lanes = tl.arange(0, BLOCK)
-    cnt = tl.zeros([NB], tl.int32)
-    for start in range(0, n, BLOCK):  # stream: radix level
-        offs = start + lanes
-        valid = offs < n
-        x = _sanitize(tl.load(row_ptr + offs, mask=valid, other=NEG_INF))
-        if odd:  # rare: a row holding +inf (its +inf tokens as 0), or no finite logit (0)
-            x = tl.where(inf_row > 0.0, tl.where(x == POS_INF, 0.0, NEG_INF), 0.0)
-        key = _key(x)
-        high = key >> shift                   # (uint32: two shifts, never one of 32)
-        digit = (high & (NB - 1)).to(tl.int32)
-        prefix = high >> RADIX_BITS
+        pre_p = tl.load(st + 2)
+    if CHOOSE:
+        pre_k, pre_p = _radix_choose(prev_ptr, B, row, st, pk_ptr, p_ptr, pre_k, pre_p,
+                                     HAS_K, HAS_P, FIRST, RADIX_BITS)
+    if STREAM:
+        row_ptr = logits_ptr + row * stride_row
+        m_raw = tl.load(m_ptr + row)
+        inv_t = tl.load(inv_t_ptr + row)
+        odd = (m_raw == POS_INF) | (m_raw == NEG_INF)
+        m = tl.where(odd, 0.0, m_raw)
+        inf_row = tl.where(m_raw == POS_INF, 1.0, 0.0)  # (a scalar float: "Interpreter notes")
+        kept_lo = tl.full([], 0, tl.uint32)
+        mass_row = hist_ptr + row * NB
         if HAS_K:
-            cnt += tl.histogram(digit, NB, mask=valid & (prefix == pre_k))
+            mass_row += B * NB
         if HAS_P:
-            t = _term(x, m, inv_t)
-            on = valid & (prefix == pre_p) & (key >= kept_lo) & (t != 0)
-            tl.atomic_add(_here(mass_row) + digit, t, mask=on, sem="relaxed")
-    if HAS_K:
-        tl.store(hist_ptr + row * NB + tl.arange(0, NB), cnt.to(tl.int64))
+            kept_lo = _u32(tl.load(kept_lo_ptr + row))
+        want_k = pre_k.to(tl.uint32)
+        want_p = pre_p.to(tl.uint32)
+        lanes = tl.arange(0, BLOCK)
+        cnt = tl.zeros([NB], tl.int32)
+        for start in range(0, n, BLOCK):  # stream: radix level
+            offs = start + lanes
+            valid = offs < n
+            x = _sanitize(tl.load(row_ptr + offs, mask=valid, other=NEG_INF))
+            if odd:  # rare: a row holding +inf (its +inf tokens as 0), or no finite logit (0)
+                x = tl.where(inf_row > 0.0, tl.where(x == POS_INF, 0.0, NEG_INF), 0.0)
+            key = _key(x)
+            high = key >> shift                   # (uint32: two shifts, never one of 32)
+            digit = (high & (NB - 1)).to(tl.int32)
+            prefix = high >> RADIX_BITS
+            if HAS_K:
+                cnt += tl.histogram(digit, NB, mask=valid & (prefix == want_k))
+            if HAS_P:
+                t = _term(x, m, inv_t)
+                on = valid & (prefix == want_p) & (key >= kept_lo) & (t != 0)
+                tl.atomic_add(_here(mass_row) + digit, t, mask=on, sem="relaxed")
+        if HAS_K:
+            tl.store(hist_ptr + row * NB + tl.arange(0, NB), cnt.to(tl.int64))
 
 
 # Vocabulary shards (fused_sampler.distributed): rank r holds tokens [start, start + n)
@@ -3278,35 +3327,43 @@ LEVEL_BLOCK = 1024
 
 
 def radix_level_args(logits: torch.Tensor, n: int, m_raw: torch.Tensor,
-                     inv_t: torch.Tensor, shift: int, radix_bits: int,
-                     pre_k: torch.Tensor = None, pre_p: torch.Tensor = None,
-                     kept_lo: torch.Tensor = None):
-    """The launch of _radix_level_kernel (radix_level_hist): (grid, args, constexprs and
-    options, the zeroed int64 [H, B, 2^radix_bits] output)."""
+                     inv_t: torch.Tensor, shift: int, radix_bits: int, state: torch.Tensor,
+                     *, has_k: bool, has_p: bool, kept_lo: torch.Tensor = None,
+                     prev: torch.Tensor = None, pk: torch.Tensor = None,
+                     p: torch.Tensor = None, first: bool = False, stream: bool = True):
+    """The launch of _radix_level_kernel (radix_level): (grid, args, constexprs and
+    options, the zeroed int64 [H, B, 2^radix_bits] output, or None without ``stream``)."""
     B = logits.shape[0]
-    has_k, has_p = pre_k is not None, pre_p is not None
+    dummy = state.new_zeros(1)
     hist = torch.zeros(int(has_k) + int(has_p), B, 1 << radix_bits, dtype=torch.int64,
-                       device=logits.device)
-    dummy = hist.new_zeros(1)
-    return (B,), (logits, logits.stride(0), n, m_raw.contiguous(), inv_t.contiguous(),
-                  pre_k.contiguous() if has_k else dummy,
-                  pre_p.contiguous() if has_p else dummy,
-                  kept_lo.contiguous() if has_p else dummy, hist, B, shift), \
-        dict(HAS_K=has_k, HAS_P=has_p, RADIX_BITS=radix_bits,
-             BLOCK=min(LEVEL_BLOCK, max(triton.next_power_of_2(n), 16)), num_warps=4), hist
+                       device=logits.device) if stream else None
+    return (B,), (logits, logits.stride(0), n, m_raw.contiguous(), inv_t.contiguous(), state,
+                  pk if pk is not None else dummy, p if p is not None else dummy,
+                  kept_lo if kept_lo is not None else dummy,
+                  prev if prev is not None else dummy, hist if stream else dummy, B, shift), \
+        dict(HAS_K=has_k, HAS_P=has_p, CHOOSE=prev is not None, FIRST=first, STREAM=stream,
+             RADIX_BITS=radix_bits, BLOCK=min(LEVEL_BLOCK, max(triton.next_power_of_2(n), 16)),
+             num_warps=4), hist
 
 
-def radix_level_hist(logits: torch.Tensor, n: int, m_raw: torch.Tensor, inv_t: torch.Tensor,
-                     shift: int, radix_bits: int, pre_k: torch.Tensor = None,
-                     pre_p: torch.Tensor = None, kept_lo: torch.Tensor = None):
-    """int64 [H, B, 2^radix_bits]: one radix level's digit counts (with ``pre_k``) and
-    exact masses (with ``pre_p`` and ``kept_lo``) over the ``n`` tokens of a vocabulary
-    shard (``logits`` [B, >= n], any float dtype and row stride), under the row max
-    ``m_raw`` (float32 [B], the whole row's, +-inf for the contract's odd rows) and 1/T
-    ``inv_t`` (float32 [B]); H counts the histograms asked for (_radix_level_kernel, one
-    launch, one read of the shard)."""
+def radix_level(logits: torch.Tensor, n: int, m_raw: torch.Tensor, inv_t: torch.Tensor,
+                shift: int, radix_bits: int, state: torch.Tensor, *, has_k: bool,
+                has_p: bool, kept_lo: torch.Tensor = None, prev: torch.Tensor = None,
+                pk: torch.Tensor = None, p: torch.Tensor = None, first: bool = False,
+                stream: bool = True):
+    """One launch of _radix_level_kernel over a vocabulary shard of ``n`` tokens
+    (``logits`` [B, >= n], any float dtype and row stride; the row max ``m_raw``, float32
+    [B], the whole row's, +-inf for the contract's odd rows; 1/T ``inv_t``, float32 [B]).
+    With ``prev`` (the previous level's all-reduced histograms) it first extends the
+    rows' prefixes in ``state`` (int64 [B, 4]: top-k's prefix, the tokens it still needs,
+    top-p's prefix, the mass above its bracket; ``pk`` float64 [B], p x K, set from ``p``
+    when ``first``).  Returns this level's int64 [H, B, 2^radix_bits] digit counts
+    (``has_k``) and exact masses at or above ``kept_lo`` (``has_p``) under the prefixes,
+    or None without ``stream`` (the last level's choice alone)."""
     grid, args, kwargs, hist = radix_level_args(logits, n, m_raw, inv_t, shift, radix_bits,
-                                                pre_k, pre_p, kept_lo)
+                                                state, has_k=has_k, has_p=has_p,
+                                                kept_lo=kept_lo, prev=prev, pk=pk, p=p,
+                                                first=first, stream=stream)
     if logits.shape[0]:
         _radix_level_kernel[grid](*args, **kwargs)
     return hist

@@ -83,11 +83,14 @@ def compile_call(a, probs_mode, arch, ptxas_log=False, **launch):
                                                                   dtype=torch.float64))
         fn = sampler._combine_shards_kernel
     elif launch.get("level"):         # a radix level of a shard (the other filtered calls)
-        B = a.logits.shape[0]
-        rows = torch.zeros(B, dtype=torch.int64)
+        B = a.logits.shape[0]                 # (both histograms, after the first level's)
+        hist = torch.zeros(2, B, 256, dtype=torch.int64)
         _, args, kwargs, _ = sampler.radix_level_args(
-            a.logits, a.logits.shape[1], torch.zeros(B), torch.ones(B), 16, 8, rows, rows,
-            rows)
+            a.logits, a.logits.shape[1], torch.zeros(B), torch.ones(B), 16, 8,
+            torch.zeros(B, 4, dtype=torch.int64), has_k=True, has_p=True,
+            kept_lo=torch.zeros(B, dtype=torch.int64), prev=hist,
+            pk=torch.zeros(B, dtype=torch.float64), p=torch.ones(B, dtype=torch.float64),
+            first=True)
         fn = sampler._radix_level_kernel
     elif launch.get("chunks"):        # rows split over programs (small batches)
         _, args, kwargs, _ = sampler.split_kernel_args(a, **launch)

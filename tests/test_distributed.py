@@ -526,9 +526,9 @@ def test_candidates_keep_a_zero_and_a_negative_zero_alike():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_radix_level_kernel_sums_what_the_pytorch_level_sums(dtype):
     """One radix level on the kernel's backends (_radix_level_kernel) against the PyTorch
-    level of fsd._level_hists: the same digit counts, exactly, and the same fixed-point
-    masses to the last bits of exp2 (numpy's in the interpreter, MUFU's on a GPU), at
-    every shift, under prefixes taken from the row's own keys, with top-k's floor on the
+    level (fsd._level): the same digit counts, exactly, and the same fixed-point masses
+    to the last bits of exp2 (numpy's in the interpreter, MUFU's on a GPU), at every
+    shift, under prefixes taken from the row's own keys, with top-k's floor on the
     masses, over a strided shard with 0.0 and -0.0, NaN, a +inf row, a row with no finite
     logit and -inf tokens; and an empty shard."""
     from fused_sampler.kernels import sampler
@@ -540,9 +540,9 @@ def test_radix_level_kernel_sums_what_the_pytorch_level_sums(dtype):
     x[1, 5], x[2, 7], x[2, 9], x[3], x[4, ::3] = float("nan"), INF, INF, -INF, -INF
     inv_t = torch.tensor([1.0, 0.5, 2.0, 1.0, 1.3, 0.7])
     for width in (n, 0):
-        shard = x if width else x[:, :0]
-        a, real, n_real = fsd._check(shard, 0, n, None, 1.0, None, None, None,
-                                     "top_k_first", 0, 0, None, "reference", False)
+        a, real, n_real = fsd._check(x if width else x[:, :0], 0, n, None, 1.0, None, None,
+                                     None, "top_k_first", 0, 0, None, "reference", False)
+        shard = x if width else a.logits                   # (the kernel reads the strides)
         xc = torch.where(real, fs.reference.clean(a.logits), -INF)
         m_raw = xc.amax(dim=1, keepdim=True)
         if not width:
@@ -551,22 +551,63 @@ def test_radix_level_kernel_sums_what_the_pytorch_level_sums(dtype):
         keys = fsd._keys(x_s)
         kept_lo = torch.where(torch.arange(B) % 2 == 0, keys[:, 100 % keys.shape[1]], 0)
         mass = torch.where(keys >= kept_lo[:, None], fsd._terms(x_s, m, inv_t), 0)
-        level = fsd._level_hists(a, real, n_real, keys, mass, m_raw, inv_t, kept_lo)
         for shift in (24, 16, 8, 0):
             up = shift + fsd.RADIX_BITS
-            pre_k = keys[:, 3 % keys.shape[1]] >> up
-            pre_p = keys[:, 11 % keys.shape[1]] >> up
-            want = level(shift, pre_k, pre_p)
-            got = sampler.radix_level_hist(a.logits, n_real, m_raw[:, 0], inv_t, shift,
-                                           fsd.RADIX_BITS, pre_k, pre_p, kept_lo)
+            zeros = torch.zeros(B, dtype=torch.int64)
+            state = torch.stack([keys[:, 3 % keys.shape[1]] >> up, zeros,
+                                 keys[:, 11 % keys.shape[1]] >> up, zeros], dim=1)
+            want = fsd._level(keys, real, mass, shift, state, True, True)
+
+            def level(has_k, has_p):
+                return sampler.radix_level(shard, n_real, m_raw[:, 0], inv_t, shift,
+                                           fsd.RADIX_BITS, state, has_k=has_k, has_p=has_p,
+                                           kept_lo=kept_lo)
+            got = level(True, True)
             where = f"{dtype} width {width} shift {shift}"
             assert torch.equal(got[0], want[0]), where
             assert (want[1] > 0).any() or not width, where          # masses were summed
             torch.testing.assert_close(got[1].double(), want[1].double(), rtol=1e-6,
                                        atol=n, msg=where)
-            assert torch.equal(sampler.radix_level_hist(
-                a.logits, n_real, m_raw[:, 0], inv_t, shift, fsd.RADIX_BITS, pre_k)[0],
-                got[0]), where
-            assert torch.equal(sampler.radix_level_hist(
-                a.logits, n_real, m_raw[:, 0], inv_t, shift, fsd.RADIX_BITS, None, pre_p,
-                kept_lo)[0], got[1]), where
+            assert torch.equal(level(True, False)[0], got[0]), where
+            assert torch.equal(level(False, True)[0], got[1]), where
+
+
+@pytest.mark.parametrize("has_k, has_p", [(True, False), (False, True), (True, True)],
+                         ids=["top-k", "top-p", "joint"])
+def test_radix_level_kernel_chooses_the_pytorch_bins(has_k, has_p):
+    """A level's choice of a bin on the kernel (_radix_choose, in the next level's launch)
+    against the PyTorch twin (fsd._choose), from the same all-reduced histograms: the same
+    prefixes, tokens still needed, mass above and p x K, bit for bit; histograms with
+    empty bins, the count reached inside a bin and at its edge, pK on a bin's edge, K from
+    the first level."""
+    from fused_sampler.kernels import sampler
+    g = torch.Generator().manual_seed(11)
+    B, bins = 7, 1 << fsd.RADIX_BITS
+    for first in (True, False):
+        hist = torch.randint(0, 40, (int(has_k) + int(has_p), B, bins), generator=g)
+        hist *= torch.rand(hist.shape, generator=g) < 0.3               # empty bins
+        hist[-1] = hist[-1] * torch.randint(1, 2 ** 36, (B, bins), generator=g) \
+            if has_p else hist[-1]
+        total_k = hist[0].sum(dim=1)
+        need = torch.clamp_min((total_k.double() * torch.rand(B, generator=g)).long(), 1)
+        need[0] = hist[0, 0, -1] + 1 if hist[0, 0, -1] else 1           # the edge of a bin
+        above = torch.randint(0, 2 ** 30, (B,), generator=g)
+        desc = hist[-1].flip(1)
+        cum = torch.cumsum(desc, dim=1)
+        pk = (above + cum[:, -1]).double() * torch.rand(B, generator=g, dtype=torch.float64)
+        pk = torch.maximum(pk, above.double() + 1)
+        pk[1] = float(above[1] + cum[1, 5])                             # on a bin's edge
+        p = torch.rand(B, generator=g, dtype=torch.float64).clamp_min(1e-3)
+        zeros = torch.zeros(B, dtype=torch.int64)
+        state = torch.stack([torch.randint(0, 2 ** 16, (B,), generator=g), need,
+                             torch.randint(0, 2 ** 16, (B,), generator=g),
+                             above if not first else zeros], dim=1)
+        want_state, want_pk = state.clone(), pk.clone()
+        fsd._choose(hist, want_state, want_pk, p, first, has_k, has_p)
+        got_state, got_pk = state.clone(), pk.clone()
+        logits = torch.zeros(B, 1)
+        sampler.radix_level(logits, 1, torch.zeros(B), torch.ones(B), 0, fsd.RADIX_BITS,
+                            got_state, has_k=has_k, has_p=has_p, prev=hist, pk=got_pk, p=p,
+                            first=first, stream=False)
+        assert torch.equal(got_state, want_state), (first, got_state, want_state)
+        assert torch.equal(got_pk, want_pk), first
