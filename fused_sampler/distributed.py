@@ -160,7 +160,8 @@ def _choose(hist, state, pk, p, first, has_k, has_p):
         if first:
             pk.copy_(p * hist[-1].sum(dim=1).double())
         strictly = state[:, 3:4] + before[-1]
-        j = (strictly.double() < pk[:, None]).sum(dim=1) - 1  # the lowest passing bin
+        j = ((strictly.double() < pk[:, None]).sum(dim=1) - 1).clamp_min(0)  # the lowest
+        # passing bin (none passes only where K is 0: the top bin, as the kernel's)
         state[:, 3] = strictly.gather(1, j[:, None])[:, 0]
         state[:, 2] = (state[:, 2] << RADIX_BITS) | (_BINS - 1 - j)
 
@@ -183,14 +184,14 @@ def _level(keys, real, mass, shift, state, has_k, has_p):
 def _radix_levels(a, real, n, keys, mass, m_raw, inv_t, kept_lo, k, p, group):
     """The top-k threshold key (the k-th largest key; None when ``k`` is None) and the
     top-p one (the lowest key whose strictly-larger mass is below p * K, K the row's
-    mass; None when ``mass`` is None), each by LEVELS radix levels over the keys of every
+    mass; None when ``p`` is None), each by LEVELS radix levels over the keys of every
     rank, one all-reduce a level: both in the same all-reduces when both are given (order
     "joint").  On the kernel's backends each level is one launch of _radix_level_kernel,
     which makes the previous level's choice of a bin and sums this one over the shard
     (one read; masses at or above ``kept_lo``), and one more launch makes the last
     choice; else PyTorch (_level, _choose) over ``keys`` and ``mass``."""
     B, dev = a.batch, a.logits.device
-    has_k, has_p = k is not None, mass is not None
+    has_k, has_p = k is not None, p is not None
     zeros = torch.zeros(B, dtype=torch.int64, device=dev)
     state = torch.stack([zeros, k if has_k else zeros, zeros, zeros], dim=1)
     pk = torch.zeros(B, dtype=torch.float64, device=dev)
@@ -245,22 +246,23 @@ def _kept(a, real, n, vocab_size, group, validate):
         k = _args.rows(a.top_k, B, torch.int64, dev)
         k_on = (k > 0) & (k < vocab_size)
         k = k.clamp(1, vocab_size)
-    mass = None
-    if a.top_p is not None:
+    has_p = a.top_p is not None
+    if has_p:
         p = _args.rows(a.top_p, B, torch.float64, dev)
         p_on = p < 1.0                                        # NaN: off, as the reference
         p = torch.where(p_on, p, 1.0).clamp_min(1e-30)        # (levels need a finite p K)
-        mass = _terms(x_s, m, inv_t)
     joint = a.order == "joint"
     kept_lo = torch.zeros(B, dtype=torch.int64, device=dev)
-    if k is not None and (mass is None or not joint):
+    if k is not None and (not has_p or not joint):
         theta_k, _ = _radix_levels(a, real, n, keys, None, m_raw, inv_t, None, k, None,
                                    group)
         keep &= ~k_on[:, None] | (keys >= theta_k[:, None])
         kept_lo = torch.where(k_on, theta_k, 0)
-    if mass is not None:
-        # top-p measures the top-k set's mass (order "top_k_first") or the whole row's
-        mass = torch.where(keep if not joint else real, mass, 0)
+    if has_p:
+        # top-p measures the top-k set's mass (order "top_k_first") or the whole row's;
+        # the kernel's levels sum their own masses (at or above kept_lo)
+        mass = None if _kernel(a) is not None else \
+            torch.where(keep if not joint else real, _terms(x_s, m, inv_t), 0)
         theta_k, theta_p = _radix_levels(a, real, n, keys, mass, m_raw, inv_t, kept_lo,
                                          k if joint else None, p, group)
         if joint and k is not None:

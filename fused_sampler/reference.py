@@ -20,6 +20,7 @@ __all__ = ["sample", "filtered_probs", "probs", "draw", "philox4x32", "noise_wor
            "strictly_above", "clean", "resolve_odd_rows", "scaled"]
 
 _M32 = 0xFFFFFFFF
+_T_FLOOR = 2.0 ** -126          # the smallest normal float32: subnormal T acts as it
 _PHILOX_ROUND_A = 0xD2511F53
 _PHILOX_ROUND_B = 0xCD9E8D57
 _PHILOX_KEY_A = 0x9E3779B9
@@ -155,11 +156,15 @@ def strictly_above(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 def greedy_and_inv_t(temperature, batch: int, device):
-    """([B] bool: greedy rows (T <= 0 or NaN), [B] float32 1/T, 1 for greedy rows)."""
+    """([B] bool: greedy rows (T <= 0 or NaN), [B] float32 1/T, 1 for greedy rows).  A
+    subnormal T acts as the smallest normal float32, 2^-126: its reciprocal would
+    overflow float32 (or nearly), and (x - max) * inf is NaN at the max; at 2^-126 the
+    row's maxima race as at any tiny T (docs/design.md, "Semantics")."""
     t = _args.rows(temperature, batch, torch.float32, device)
     greedy = ~(t > 0)
     # 1.0 / t is torch.reciprocal, correctly rounded; no host scalar copied to the device
-    return greedy, torch.where(greedy, 1.0, 1.0 / torch.where(greedy, 1.0, t))
+    return greedy, torch.where(greedy, 1.0,
+                               1.0 / torch.where(greedy, 1.0, t.clamp_min(_T_FLOOR)))
 
 
 def keep_mask(logits, temperature=1.0, top_k=None, top_p=None, min_p=None, order="top_k_first"):

@@ -86,6 +86,7 @@ BIAS_2_32 = tl.constexpr(32 * 0.6931471805599453)       # -log(2^-32)
 C2_FLOOR = tl.constexpr(2.0 ** -126)     # the smallest normal float32: see _c2
 MARGIN_REL = tl.constexpr(2.0 ** -20)
 MARGIN_ABS = tl.constexpr(64.0)
+ANCHOR_MAX = tl.constexpr(1e38)          # |anchor / T| the cheap race keys can bound: _settle
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -435,10 +436,11 @@ def _param(ptr, val, row, IS_TENSOR: tl.constexpr, dtype: tl.constexpr):
 
 @_device
 def _greedy_and_inv_t(t):
-    """(greedy, 1/T) of a row's temperature: T <= 0 or NaN is greedy (1/T then 1), and
-    T = +inf gives 1/T = 0 (reference.greedy_and_inv_t)."""
+    """(greedy, 1/T) of a row's temperature: T <= 0 or NaN is greedy (1/T then 1),
+    T = +inf gives 1/T = 0, and a subnormal T acts as 2^-126, whose 1/T is finite
+    (reference.greedy_and_inv_t)."""
     greedy = ~(t > 0.0)
-    return greedy, tl.math.div_rn(1.0, tl.where(greedy, 1.0, t))
+    return greedy, tl.math.div_rn(1.0, tl.where(greedy, 1.0, tl.maximum(t, C2_FLOOR)))
 
 
 @_device
@@ -660,8 +662,11 @@ def _settle(ub_v, anchor, inv_t, row_ptr, scratch_row, lo, n_src, kept_lo, seed,
         best_key = tl.where(win, k_best, best_key)
         best_idx = tl.where(win, i_best, best_idx)
         best_x = tl.where(win, x_best, best_x)
-    proved = (rest_ub == NEG_INF) | \
-        (rest_ub.to(tl.float64) + _margin(rest_ub, anchor_scaled) < best_key)
+    # (past ANCHOR_MAX the cheap keys' float32 bias, 32 ln 2 - anchor / T, overflows to
+    # -inf: every bound is -inf, a kept token's too, and proves nothing)
+    proved = ((rest_ub == NEG_INF) |
+              (rest_ub.to(tl.float64) + _margin(rest_ub, anchor_scaled) < best_key)) & \
+        (anchor_scaled < ANCHOR_MAX)
     return proved & (best_key > NEG_INF), best_key, best_idx, best_x
 
 

@@ -407,3 +407,34 @@ def test_infinite_temperature_row_holding_inf_draws_its_inf_tokens(chunks, retur
                                validate=False)
     assert torch.equal(tokens, want)
     assert set(tokens.tolist()) == {40, 250}
+
+
+def test_a_subnormal_temperature_acts_as_the_smallest_normal_one():
+    """Below 2^-126, 1/T overflows float32 (or its product with log2(e) does), and (x -
+    max) * inf is NaN at the max: the kernel drew a token below the max, the reference
+    the lowest max.  A subnormal T now acts as 2^-126 in both (the row's maxima race, as
+    at any tiny T): the same tokens and filtered_probs as at 2^-126, every filter.  And
+    a filtered row's race under a tiny T and logits of 1e30 is the reference's."""
+    rows = torch.tensor([[100.0, 99.0, 100.0, 98.0], [0.5, -1.0, 0.25, 0.0],
+                         [-30.0, -29.5, -31.0, -29.5], [1e30, -1e30, 5.0, 1e30]])
+    drawn = set()
+    for params in (dict(), dict(top_k=2, top_p=0.5), dict(min_p=0.5)):
+        floor = fs.filtered_probs(rows, temperature=2.0 ** -126, **params)
+        for t in (1e-45, 1e-40, 2.0 ** -127):
+            assert torch.equal(fs.filtered_probs(rows, temperature=t, **params), floor)
+            assert torch.equal(reference.filtered_probs(rows, temperature=t, **params), floor)
+            for seed in range(4):
+                want = reference.sample(rows, temperature=2.0 ** -126, seed=seed, **params)
+                assert torch.equal(fs.sample(rows, temperature=t, seed=seed, **params), want)
+                assert torch.equal(reference.sample(rows, temperature=t, seed=seed, **params),
+                                   want)
+                drawn.add(tuple(want.tolist()))
+    assert {d[1] for d in drawn} == {0} and {d[0] for d in drawn} == {0, 2}   # maxima, raced
+    # a normal tiny T under logits of 1e30: |max / T| overflows the cheap keys' float32
+    # bias (every bound -inf), which _settle took for a proof and kept the first lanes'
+    for t in (1e-10, 1e-30):
+        for seed in range(4):
+            for params in (dict(top_k=2), dict(min_p=0.5)):
+                assert torch.equal(fs.sample(rows, temperature=t, seed=seed, **params),
+                                   reference.sample(rows, temperature=t, seed=seed,
+                                                    **params)), (t, seed, params)
