@@ -5,9 +5,9 @@ Under tensor parallelism each of W ranks holds ``logits[:, vocab_start:vocab_sta
 :func:`sample` draws, on every rank, exactly the token :func:`fused_sampler.sample` draws
 from the whole row, exchanging per row only small, exact summaries, in a number of
 collectives fixed by the call's arguments (never by the data).  A call without filters
-makes one all-gather (:func:`_plain`), and so does one with a scalar ``top_k`` up to
+makes one all-gather (:func:`_race`), and so does one with a scalar ``top_k`` up to
 CANDIDATES_MAX, with or without top-p under "top_k_first" and min-p
-(:func:`_candidates`); any other filtered call:
+(:func:`_candidates`); any other filtered call (:func:`_bounds`, then :func:`_race`):
 
 1. all-reduce (max) of each shard's max and NaN / +inf flags: the row max, the contract's
    odd rows (``validate``), min-p's threshold;
@@ -16,9 +16,10 @@ CANDIDATES_MAX, with or without top-p under "top_k_first" and min-p
 3. top-p: the threshold key the same way, over exact fixed-point masses (LEVELS
    all-reduces of int64 masses); the normaliser K is the first level's total. With order
    "joint" the top-k and top-p levels share their all-reduces;
-4. one all-gather of each shard's race winner (the Gumbel-max race over the shard's kept
-   tokens, each keyed by its global index, exactly as the reference), its log-weight and
-   the shard's kept mass, and the lowest index of the row max (greedy rows).
+4. the plain call's all-gather, its race over the kept tokens alone: every token at or
+   above the row's one kept key (the largest of top-k's, top-p's and min-p's), each
+   shard's winner keyed by the global index as the reference's, with the kept mass and
+   the lowest index of the row max (greedy rows).
 
 Integer counts and fixed-point masses sum exactly in any order, so the kept set does not
 depend on W or on where the shards are cut; the race's winner is the best of the shards'
@@ -27,13 +28,12 @@ decode step with NCCL collectives stays graph-capturable.  Bytes and rounds per 
 docs/design.md, "Tensor parallel"; ``scripts/tp_model.py`` models them against gathering
 the logits.
 
-Where the backend resolves to Triton, a plain call's local step is the kernel's
-(_shard_kernel: the split kernel's chunk race, a shard being chunks of a row that live on
-another rank, one read), and so is a scalar top-k's (torch.topk, then _candidates_kernel),
-each with its combine in one launch; the other filtered calls run each radix level in
-one launch (_radix_level_kernel: the previous level's choice of a bin, then one read of
-the shard) and take their race's noise from the kernel's noise launch, their max, kept
-set and race being PyTorch operations.
+Where the backend resolves to Triton, the race is the kernel's (_shard_kernel: the split
+kernel's chunk race, a shard being chunks of a row that live on another rank, one read;
+with filters, over the kept tokens) and so is a scalar top-k's local step (torch.topk,
+then _candidates_kernel), each with its combine in one launch; the other filtered calls
+run each radix level in one launch (_radix_level_kernel: the previous level's choice of a
+bin, then one read of the shard), their max being torch.nan_to_num and amax.
 """
 from __future__ import annotations
 
@@ -97,21 +97,9 @@ def _check(local_logits, vocab_start, vocab_size, group, temperature, top_k, top
 
 
 def _noise(a, n, vocab_start):
-    """float32 [B, max(n, 1)] race noise of the shard's tokens, by global index: the
-    kernel's (one launch of _noise_kernel) where the call's backend resolves to Triton,
-    else the reference's (PyTorch: some 800 operations for the Philox rounds).  The two
-    differ in the last bits, as the kernel's race and the reference's do."""
-    sampler = _kernel(a)
-    if sampler is not None:
-        return sampler.gumbel_noise(a.seeds, a.offsets, max(n, 1), vocab_start)
-    return gumbel_noise(a.seeds, a.offsets, max(n, 1), vocab_start)
-
-
-def _local(a, real):
-    """(greedy [B], 1/T [B], the float32 logits, the logits with NaN and the padding of an
-    empty shard as -inf and -0.0 as +0.0)."""
-    greedy, inv_t = greedy_and_inv_t(a.temperature, a.batch, a.logits.device)
-    return greedy, inv_t, a.logits.float(), torch.where(real, clean(a.logits), float("-inf"))
+    """float64 [B, max(n, 1)] race noise of the shard's tokens, by global index: the
+    reference's (the reference backend's summaries; the kernel's draw their own)."""
+    return gumbel_noise(a.seeds, a.offsets, max(n, 1), vocab_start).double()
 
 
 def _terms(x, m, inv_t):
@@ -196,14 +184,17 @@ def _radix_levels(a, real, n, keys, mass, m_raw, inv_t, kept_lo, k, p, group):
     state = torch.stack([zeros, k if has_k else zeros, zeros, zeros], dim=1)
     pk = torch.zeros(B, dtype=torch.float64, device=dev)
     sampler = _kernel(a)
-    m32 = m_raw[:, 0].float()
+    if sampler is not None:
+        m32 = m_raw[:, 0].contiguous()
+        hists = torch.zeros(LEVELS, int(has_k) + int(has_p), B, _BINS, dtype=torch.int64,
+                            device=dev).unbind(0)         # every level's, zeroed at once
     hist = None
     for level in range(LEVELS):
         shift = 32 - RADIX_BITS * (level + 1)
         if sampler is not None:
             hist = sampler.radix_level(a.logits, n, m32, inv_t, shift, RADIX_BITS, state,
                                        has_k=has_k, has_p=has_p, kept_lo=kept_lo, prev=hist,
-                                       pk=pk, p=p, first=level == 1)
+                                       pk=pk, p=p, first=level == 1, out=hists[level])
         else:
             if hist is not None:
                 _choose(hist, state, pk, p, level == 1, has_k, has_p)
@@ -217,29 +208,29 @@ def _radix_levels(a, real, n, keys, mass, m_raw, inv_t, kept_lo, k, p, group):
     return (state[:, 0] if has_k else None), (state[:, 2] if has_p else None)
 
 
-def _kept(a, real, n, vocab_size, group, validate):
-    """The kept set of this rank's tokens, as fused_sampler.reference.keep_mask defines it
-    for the whole rows: (keep, d, greedy, x, m, inv_t, raw max), with the collectives of
-    steps 1-3 (module docstring)."""
+def _bounds(a, real, n, vocab_size, group, validate):
+    """Steps 1-3 (module docstring): (greedy [B], 1/T [B], the rows' max float32 [B, 1]
+    over every rank (+-inf for the contract's odd rows), kept_lo int64 [B]: the lowest
+    key the rows' top-k and top-p keep (0 where neither filters a row), and on the
+    reference backend the shard's resolved logits, their max and keys (``_Local``; None
+    on the kernel's, whose levels read the logits themselves))."""
     logits = a.logits
     B, dev = a.batch, logits.device
-    greedy, inv_t, raw, x = _local(a, real)
-    nan = torch.isnan(raw) & real
-    # 1. the row max and the odd-row flags, over every rank
-    summary = torch.stack([x.amax(dim=1), nan.any(dim=1).float(),
-                           (x == float("inf")).any(dim=1).float()], dim=1)
+    greedy, inv_t = greedy_and_inv_t(a.temperature, B, dev)
+    # 1. the row max and the odd-row flags, over every rank (an empty shard's stand-in
+    # column is -inf; NaN is -inf; the +inf flag is the max's)
+    m_local = torch.nan_to_num(logits, nan=float("-inf"), posinf=float("inf"),
+                               neginf=float("-inf")).amax(dim=1)
+    nan = torch.isnan(logits).any(dim=1) if validate else m_local.new_zeros(B, dtype=bool)
+    summary = torch.stack([m_local.float(), nan.float(), (m_local == float("inf")).float()],
+                          dim=1)
     dist.all_reduce(summary, op=dist.ReduceOp.MAX, group=group)
     m_raw = summary[:, 0:1]
     if validate and not _args.capturing(logits):
         _args.raise_bad_rows("logits", summary[:, 1] > 0, "contain NaN")
         _args.raise_bad_rows("logits", summary[:, 2] > 0, "contain +inf")
         _args.raise_bad_rows("logits", m_raw[:, 0] == float("-inf"), "have no finite logit")
-    # the contract's odd rows, under the whole row's max (an empty shard's stand-in
-    # column may turn 0 in a row with no finite logit: ``real`` keeps it out of everything)
-    x_s, m = resolve_odd_rows(x, m_raw)
-    d = scaled(x_s, m, inv_t)
-    keep = real.expand(B, -1).clone()
-    keys = _keys(x_s)
+    local = None if _kernel(a) is not None else _Local(a, real, m_raw)
 
     k = None
     if a.top_k is not None:
@@ -253,27 +244,55 @@ def _kept(a, real, n, vocab_size, group, validate):
         p = torch.where(p_on, p, 1.0).clamp_min(1e-30)        # (levels need a finite p K)
     joint = a.order == "joint"
     kept_lo = torch.zeros(B, dtype=torch.int64, device=dev)
+    keys = local.keys if local is not None else None
     if k is not None and (not has_p or not joint):
         theta_k, _ = _radix_levels(a, real, n, keys, None, m_raw, inv_t, None, k, None,
                                    group)
-        keep &= ~k_on[:, None] | (keys >= theta_k[:, None])
         kept_lo = torch.where(k_on, theta_k, 0)
     if has_p:
         # top-p measures the top-k set's mass (order "top_k_first") or the whole row's;
         # the kernel's levels sum their own masses (at or above kept_lo)
-        mass = None if _kernel(a) is not None else \
-            torch.where(keep if not joint else real, _terms(x_s, m, inv_t), 0)
+        mass = None if local is None else \
+            torch.where(real & (keys >= kept_lo[:, None]),
+                        _terms(local.x_s, local.m, inv_t), 0)
         theta_k, theta_p = _radix_levels(a, real, n, keys, mass, m_raw, inv_t, kept_lo,
                                          k if joint else None, p, group)
         if joint and k is not None:
-            keep &= ~k_on[:, None] | (keys >= theta_k[:, None])
-        keep &= ~p_on[:, None] | (keys >= theta_p[:, None])
+            kept_lo = torch.where(k_on, theta_k, 0)
+        kept_lo = torch.maximum(kept_lo, torch.where(p_on, theta_p, 0))
+    return greedy, inv_t, m_raw, kept_lo, local
+
+
+class _Local:
+    """The shard's logits as the reference resolves them, under the rows' max ``m_raw``
+    [B, 1] over every rank: ``x`` clean (NaN -inf, -0.0 +0.0, an empty shard's padding
+    -inf), ``x_s`` and ``m`` with the odd rows resolved, ``keys`` (_keys of x_s)."""
+
+    def __init__(self, a, real, m_raw):
+        self.x = torch.where(real, clean(a.logits), float("-inf"))
+        self.x_s, self.m = resolve_odd_rows(self.x, m_raw)
+        self.keys = _keys(self.x_s)
+
+
+def _min_p_log(a):
+    """float32 [B] ln(min_p) of the rows min-p filters (min_p > 1 acting as 1), -inf of
+    the others (min_p <= 0 or NaN), as reference.keep_mask tests it."""
+    mp = _args.rows(a.min_p, a.batch, torch.float32, a.logits.device)
+    return torch.where(mp > 0, torch.log(mp.clamp_max(1.0)), float("-inf"))
+
+
+def _kept(a, real, n, vocab_size, group, validate):
+    """The kept set of this rank's tokens, as fused_sampler.reference.keep_mask defines it
+    for the whole rows (greedy rows aside), in PyTorch after the collectives of steps
+    1-3: (keep [B, n], d, greedy, 1/T, the rows' max, the clean logits)."""
+    greedy, inv_t, m_raw, kept_lo, local = _bounds(a, real, n, vocab_size, group, validate)
+    if local is None:
+        local = _Local(a, real, m_raw)
+    keep = real & (local.keys >= kept_lo[:, None])
+    d = scaled(local.x_s, local.m, inv_t)
     if a.min_p is not None:
-        mp = _args.rows(a.min_p, B, torch.float32, dev)
-        mp_on = mp > 0
-        mp = mp.clamp_max(1.0)
-        keep &= ~mp_on[:, None] | (d >= torch.log(torch.where(mp_on, mp, 1.0))[:, None])
-    return keep, d, greedy, x_s, m, inv_t, m_raw, x
+        keep &= d >= _min_p_log(a)[:, None]
+    return keep, d, greedy, inv_t, m_raw, local.x
 
 
 def _gather(mine, group):
@@ -305,33 +324,47 @@ def _kernel(a):
     return None
 
 
-def _plain(a, real, n, vocab_start, vocab_size, group, validate, return_logprobs):
-    """(tokens, logprobs) of a call without filters, in one all-gather of each shard's
+def _race(a, real, n, vocab_start, vocab_size, group, validate, return_logprobs):
+    """(tokens, logprobs) of a call without filters, or (after steps 1-3, _bounds) one
+    with filters that is not a candidates call, in one all-gather of each shard's
     summaries, laid out as _exchange's columns: besides the shared columns, each sends
-    its race winner among its finite tokens (index, logit, noise) and its normaliser
-    relative to an anchor of its own (its finite max), so that every rank recomputes the
-    winners' keys under one anchor and rescales the normalisers to it.
+    its race winner among its finite (kept) tokens (index, logit, noise) and their
+    normaliser relative to an anchor of its own (their max), so that every rank
+    recomputes the winners' keys under one anchor and rescales the normalisers to it.
 
     On the kernel's backends the shard's chunks make the summaries (_shard_kernel: the
-    split kernel's chunk race, each chunk proved on its own tokens, one read) and one
-    launch combines them (_combine_shards_kernel); on "reference", PyTorch makes one
-    for the whole shard (exact float64 keys) and combines them (_plain_result)."""
+    split kernel's chunk race, each chunk proved on its own tokens, one read; a filtered
+    row's over the tokens at or above its kept_lo and min-p's bound) and one launch
+    combines them (_combine_shards_kernel); on "reference", PyTorch makes one for the
+    whole shard (exact float64 keys; a filtered row's over _kept's set) and combines them
+    (_plain_result)."""
+    filtered = a.top_k is not None or a.top_p is not None or a.min_p is not None
+    check = validate and not filtered                     # (_bounds checked the rows)
     sampler = _kernel(a)
     if sampler is not None:
+        kept = None
+        if filtered:
+            _, _, m_raw, kept_lo, _ = _bounds(a, real, n, vocab_size, group, validate)
+            kept = (kept_lo, m_raw[:, 0],
+                    _min_p_log(a) if a.min_p is not None else None)
         widest = -(-vocab_size // dist.get_world_size(group))    # every rank cuts alike
         chunks, block = sampler.shard_plan(a.batch, widest, a.logits.device)
         cols = sampler.shard_parts(a, vocab_start, n, chunks, block=block,
-                                   return_logprobs=return_logprobs)
-        if validate and not _args.capturing(a.logits):
+                                   return_logprobs=return_logprobs, kept=kept)
+        if check and not _args.capturing(a.logits):
             cols[0, :, 1] = (torch.isnan(a.logits) & real).any(dim=1).double()
-        return sampler.combine_shards(a, _exchange(a, cols, group, validate))
-    greedy, inv_t = greedy_and_inv_t(a.temperature, a.batch, a.logits.device)
-    cols = _plain_columns(a, real, n, vocab_start, inv_t)[None]
-    return _plain_result(*_split(_exchange(a, cols, group, validate)), greedy, inv_t)
+        return sampler.combine_shards(a, _exchange(a, cols, group, check))
+    keep = None
+    if filtered:
+        keep, _, greedy, inv_t, _, _ = _kept(a, real, n, vocab_size, group, validate)
+    else:
+        greedy, inv_t = greedy_and_inv_t(a.temperature, a.batch, a.logits.device)
+    cols = _plain_columns(a, real, n, vocab_start, inv_t, keep)[None]
+    return _plain_result(*_split(_exchange(a, cols, group, check)), greedy, inv_t)
 
 
 def _plain_result(e, m_raw, shared, greedy, inv_t):
-    """_plain's tokens and log-probs from every shard's summaries (split by _split), in
+    """_race's tokens and log-probs from every shard's summaries (split by _split), in
     PyTorch operations: the arithmetic of the kernel's _combine_shards_kernel."""
     # finite max: the shards' winners' keys under one anchor, ties to the lowest index
     m = e[:, :, 0].amax(dim=0)
@@ -346,11 +379,14 @@ def _plain_result(e, m_raw, shared, greedy, inv_t):
     return _finish_rows(token, logp, greedy, m_raw, shared)
 
 
-def _plain_columns(a, real, n, vocab_start, inv_t):
-    """[B, _SHARED + 5] float64: _plain's summary of the whole shard, by PyTorch."""
+def _plain_columns(a, real, n, vocab_start, inv_t, keep=None):
+    """[B, _SHARED + 5] float64: _race's summary of the whole shard, by PyTorch, over
+    the finite tokens (and with ``keep``, [B, n] bool, the kept ones)."""
     raw, x = a.logits.float(), torch.where(real, clean(a.logits), float("-inf"))
-    g = _noise(a, n, vocab_start).double()
+    g = _noise(a, n, vocab_start)
     finite = (x > float("-inf")) & (x < float("inf"))
+    if keep is not None:
+        finite &= keep
     anchor = torch.where(finite, x, float("-inf")).amax(dim=1, keepdim=True)
     key = torch.where(finite, (x.double() - anchor.double()) * inv_t.double()[:, None] + g,
                       float("-inf"))
@@ -545,7 +581,7 @@ def _candidate_columns(a, real, n, vocab_start, k):
     best noise and that token's index)."""
     B, dev = a.batch, a.logits.device
     raw, x = a.logits.float(), torch.where(real, clean(a.logits), float("-inf"))
-    g = _noise(a, n, vocab_start).double()
+    g = _noise(a, n, vocab_start)
     kk = min(k, x.shape[1])
     top_x, top_i = torch.topk(x, kk, dim=1)
     kth = top_x[:, -1] if kk == k else torch.full((B,), float("-inf"), device=dev)
@@ -593,12 +629,11 @@ def sample(local_logits, *, vocab_start, vocab_size, group=None, temperature=1.0
         As in :func:`fused_sampler.sample`; the logits checks (NaN, +inf, rows with no
         finite logit) hold for the whole rows, so every rank raises the same error.
     backend : {"auto", "triton", "reference"}
-        "triton" (and "auto" for CUDA tensors, or CPU ones under TRITON_INTERPRET=1): a
-        call without filters, or with a scalar top-k up to CANDIDATES_MAX, runs its shard
-        and the combine through the kernel; the other filtered calls run each radix
-        level in a launch and take their race's noise from the kernel's noise launch,
-        their other steps being PyTorch operations on every backend; "reference":
-        PyTorch.
+        "triton" (and "auto" for CUDA tensors, or CPU ones under TRITON_INTERPRET=1): the
+        race and its combine (a call without filters; the other filtered calls after
+        their thresholds), a scalar top-k's shard and combine, and each radix level run
+        as kernel launches, the rows' max and parameters as a few PyTorch operations;
+        "reference": PyTorch.
 
     Returns
     -------
@@ -610,31 +645,11 @@ def sample(local_logits, *, vocab_start, vocab_size, group=None, temperature=1.0
                         top_p, min_p, order, seed, offset, generator, backend, validate)
     if a.batch == 0:
         return a.empty_tokens(return_logprobs)
-    if a.top_k is None and a.top_p is None and a.min_p is None:
-        return a.finish(*_plain(a, real, n, vocab_start, vocab_size, group, validate,
-                                return_logprobs), return_logprobs)
     if by_candidates(a.top_k, a.top_p is not None, a.order, vocab_size):
         return a.finish(*_candidates(a, real, n, vocab_start, group, validate),
                         return_logprobs)
-    keep, d, greedy, x_s, m, inv_t, m_raw, x = _kept(a, real, n, vocab_size, group, validate)
-    # 4. this shard's race winner (the reference's float64 key, noise by global index)
-    g = _noise(a, n, vocab_start).double()
-    key = (x_s.double() - m.double()) * inv_t.double()[:, None] + g
-    race = torch.where(keep & (x_s > float("-inf")), key, float("-inf"))
-    best = race.amax(dim=1)
-    local = torch.argmax(race, dim=1)                          # the first of equal keys
-    winner = torch.where(best > float("-inf"), local.double() + vocab_start, _NO_INDEX)
-    d_win = d.gather(1, local[:, None])[:, 0].double()
-    w_sum = torch.where(keep, torch.exp(d).double(), 0.0).sum(dim=1)
-    every = _gather(torch.stack([best, winner, d_win, w_sum,
-                                 _greedy_index(x, m_raw, real, vocab_start)], dim=1),
-                    group)                                     # [W, B, 5], rank order
-    index = _winner(every[:, :, 0], every[:, :, 1])
-    d_tok = torch.where(every[:, :, 1] == index, every[:, :, 2], float("-inf")).amax(dim=0)
-    total = every[:, :, 3].sum(dim=0)                          # in rank order: the same
-    tokens = torch.where(greedy, every[:, :, 4].amin(dim=0), index).to(torch.int64)
-    logprobs = torch.where(greedy, 0.0, d_tok - torch.log(total)).float()
-    return a.finish(tokens, logprobs, return_logprobs)
+    return a.finish(*_race(a, real, n, vocab_start, vocab_size, group, validate,
+                           return_logprobs), return_logprobs)
 
 
 def filtered_probs(local_logits, *, vocab_start, vocab_size, group=None, temperature=1.0,
@@ -648,7 +663,7 @@ def filtered_probs(local_logits, *, vocab_start, vocab_size, group=None, tempera
     if a.batch == 0:
         return torch.empty(local_logits.shape, dtype=torch.float32,
                            device=local_logits.device)
-    keep, d, greedy, x_s, m, inv_t, m_raw, x = _kept(a, real, n, vocab_size, group, True)
+    keep, d, greedy, inv_t, m_raw, x = _kept(a, real, n, vocab_size, group, True)
     w = torch.where(keep, torch.exp(d).double(), 0.0)
     every = _gather(torch.stack([w.sum(dim=1), _greedy_index(x, m_raw, real, vocab_start)],
                                 dim=1), group)

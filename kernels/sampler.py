@@ -565,23 +565,31 @@ def _race_step(x, w, inv_t, bias, c2, ub_v, m_v, z_v, LOGPROBS: tl.constexpr,
 
 
 @_device
-def _race_pass(row_ptr, lo, V, seed, off_lo, off_hi, inv_t, bias, c2,
-               LOGPROBS: tl.constexpr, NOISE_TEST: tl.constexpr, BLOCK: tl.constexpr):
-    """The one-read draw over tokens [lo, V) of a row with no filter (lo a multiple of
-    BLOCK): per lane the largest cheap bound of the race key (anchored so that bias =
-    32 ln 2 - anchor / T), and with LOGPROBS the lane max and normaliser."""
+def _race_pass(row_ptr, lo, V, seed, off_lo, off_hi, inv_t, bias, c2, x_lo,
+               LOGPROBS: tl.constexpr, NOISE_TEST: tl.constexpr, BLOCK: tl.constexpr,
+               KEPT: tl.constexpr):
+    """The one-read draw over tokens [lo, V) of a row (lo a multiple of BLOCK): per lane
+    the largest cheap bound of the race key (anchored so that bias = 32 ln 2 - anchor /
+    T), and with LOGPROBS the lane max and normaliser.  No filter; with KEPT only the
+    tokens at or above ``x_lo`` (a float compare, two instructions a token: -0.0 and
+    +0.0 compare equal, as their sanitised keys are; NaN fails, as the -inf it stands
+    for)."""
     ub_v = tl.full([BLOCK], NEG_INF, tl.float32)
     m_v = tl.full([BLOCK // 4], -FLT_MAX, tl.float32)
     z_v = tl.zeros([BLOCK // 4], tl.float32)
     n_full = V - (V - lo) % BLOCK
     for start in range(lo, n_full, BLOCK):  # stream: race
         x = tl.load(row_ptr + start + tl.arange(0, BLOCK)).to(tl.float32)
+        if KEPT:
+            x = tl.where(x >= x_lo, x, NEG_INF)
         w = _tile_words(seed, off_lo, off_hi, start, 0, BLOCK)
         ub_v, m_v, z_v = _race_step(x, w, inv_t, bias, c2, ub_v, m_v, z_v, LOGPROBS,
                                     NOISE_TEST, BLOCK)
     if n_full < V:
         offs = n_full + tl.arange(0, BLOCK)
         x = tl.load(row_ptr + offs, mask=offs < V, other=NEG_INF).to(tl.float32)
+        if KEPT:
+            x = tl.where(x >= x_lo, x, NEG_INF)
         w = _tile_words(seed, off_lo, off_hi, n_full, 0, BLOCK)
         ub_v, m_v, z_v = _race_step(x, w, inv_t, bias, c2, ub_v, m_v, z_v, LOGPROBS,
                                     NOISE_TEST, BLOCK)
@@ -1223,7 +1231,8 @@ def _sample_row(
     elif race:
         # ---- the one-read draw, then an exact race if its proof fails
         ub, proved, token, x_tok, m, z = _race_range(row_ptr, 0, V, seed, off_lo, off_hi,
-                                                     inv_t, LOGPROBS, NOISE_TEST, BLOCK)
+                                                     inv_t, NEG_INF, KEY_NEG_INF + 1,
+                                                     LOGPROBS, NOISE_TEST, BLOCK, False)
         kept_mass = tl.full([], FIX, tl.float64)
         if LOGPROBS:
             kept_mass = z * FIX
@@ -1273,18 +1282,22 @@ def _pass_one(row_ptr, lo, V, inv_t, hist_row, lane, HIST: tl.constexpr, LANE: t
 
 
 @_device
-def _race_range(row_ptr, lo, V, seed, off_lo, off_hi, inv_t, LOGPROBS: tl.constexpr,
-                NOISE_TEST: tl.constexpr, BLOCK: tl.constexpr):
+def _race_range(row_ptr, lo, V, seed, off_lo, off_hi, inv_t, x_lo, kept_lo,
+                LOGPROBS: tl.constexpr, NOISE_TEST: tl.constexpr, BLOCK: tl.constexpr,
+                KEPT: tl.constexpr):
     """The one-read draw over tokens [lo, V) (a row, or a chunk of one): cheap bounds per
     lane, anchored at the first tile's max so that they stay small numbers, then the
-    proof.  Returns (the largest bound, proved, the winner and its logit, and with
-    LOGPROBS the max and the normaliser relative to it (float64; else 0 and 0))."""
+    proof.  KEPT: over the tokens at or above ``x_lo`` alone, whose key bound is
+    ``kept_lo`` (the same set: _race_pass).  Returns (the largest bound, proved, the
+    winner and its logit, and with LOGPROBS the max and the normaliser relative to it
+    (float64; else 0 and 0))."""
     offs0, x0 = _load_tile(row_ptr, lo, V, BLOCK, True)
     anchor = tl.max(x0, 0)
     anchor = tl.where(tl.abs(anchor) < FLT_MAX, anchor, 0.0)
     c2 = _c2(inv_t)
     ub_v, m_v, z_v = _race_pass(row_ptr, lo, V, seed, off_lo, off_hi, inv_t,
-                                BIAS_2_32 - anchor * inv_t, c2, LOGPROBS, NOISE_TEST, BLOCK)
+                                BIAS_2_32 - anchor * inv_t, c2, x_lo, LOGPROBS, NOISE_TEST,
+                                BLOCK, KEPT)
     # a lane poisoned by a NaN bound (_race_step) proves nothing: max reductions skip NaN
     ub = tl.where(tl.max((ub_v != ub_v).to(tl.int32), 0) != 0, POS_INF, tl.max(ub_v, 0))
     token = tl.full([], 0, tl.int32)
@@ -1292,8 +1305,7 @@ def _race_range(row_ptr, lo, V, seed, off_lo, off_hi, inv_t, LOGPROBS: tl.conste
     proved = tl.full([], False, tl.int1)
     if tl.abs(ub) < POS_INF:
         proved, key_won, token, x_tok = _settle(ub_v, anchor, inv_t, row_ptr, row_ptr, lo, V,
-                                                KEY_NEG_INF + 1, seed, off_lo, off_hi, False,
-                                                BLOCK)
+                                                kept_lo, seed, off_lo, off_hi, False, BLOCK)
     m = tl.full([], 0.0, tl.float32)
     z = tl.full([], 0.0, tl.float64)
     if LOGPROBS:
@@ -2257,8 +2269,9 @@ def _split_kernel(
             _put(part, 1, m_c)
         elif plain:
             ub, proved, token, x_c, m_c, z_c = _race_range(row_ptr, lo, hi, seed, off_lo,
-                                                           off_hi, inv_t, LOGPROBS, NOISE_TEST,
-                                                           BLOCK)
+                                                           off_hi, inv_t, NEG_INF,
+                                                           KEY_NEG_INF + 1, LOGPROBS,
+                                                           NOISE_TEST, BLOCK, False)
             # no finite bound: no finite logit (-inf), or +inf / NaN bounds (the exact way)
             i_c = tl.where(proved, token,
                            tl.where(ub == NEG_INF, PART_NONE, PART_UNSURE).to(tl.int32))
@@ -2387,31 +2400,6 @@ def _split_kernel(
                 _finish_filtered(row_ptr, V, row, m, inv_t, token, kept_lo, kept_mass, greedy,
                                  passes, fallbacks, tokens_ptr, logprobs_ptr, logprobs_ptr,
                                  stats_row, False, LOGPROBS, STATS, BLOCK)
-
-
-@triton.jit
-def _noise_kernel(seed_ptr, offset_ptr, out_ptr, start, n, BLOCK: tl.constexpr,
-                  ALIGNED: tl.constexpr):
-    """The race's Gumbel noise of tokens ``start`` to ``start + n - 1`` of each row, as
-    float32 [B, n]: the kernel's own noise (_gumbel of the tokens' Philox words), for the
-    shard of a vocabulary split over ranks (fused_sampler.distributed).  Program (t, r):
-    BLOCK tokens of row r; 4 bytes written a token.  ALIGNED (``start`` a multiple of 4,
-    as shards usually start): one Philox call per four tokens and stream, as the race's
-    tiles (_tile_words); else one per token (_token_words)."""
-    row = tl.program_id(1).to(tl.int64)
-    first = tl.program_id(0) * BLOCK
-    pos = first + tl.arange(0, BLOCK)
-    seed = tl.load(seed_ptr + row)
-    offset = tl.load(offset_ptr + row)
-    off_lo, off_hi = _offset_halves(offset)
-    if ALIGNED:
-        g = _gumbel(_tile_words(seed, off_lo, off_hi, start + first, 0, BLOCK),
-                    _tile_words(seed, off_lo, off_hi, start + first, 1, BLOCK))
-    else:
-        idx = start + pos
-        g = _gumbel(_token_words(seed, off_lo, off_hi, idx, 0),
-                    _token_words(seed, off_lo, off_hi, idx, 1))
-    tl.store(out_ptr + row * n + pos, g, mask=pos < n)
 
 
 @_device
@@ -2546,13 +2534,14 @@ def _best_lane(best_g, best_i):
 
 
 @_device
-def _exact_range(row_ptr, lo, hi, inv_t, seed, off_lo, off_hi, RARE_BLOCK: tl.constexpr):
+def _exact_range(row_ptr, lo, hi, inv_t, x_lo, seed, off_lo, off_hi,
+                 RARE_BLOCK: tl.constexpr, KEPT: tl.constexpr):
     """Tokens [lo, hi) of a row (any alignment: each token's own Philox words) the exact
     way, twice read: (the largest finite logit m_f, the race's winner over the finite
-    tokens with exact keys under m_f: index, logit and noise, sum exp((x - m_f) / T) over
-    them (float64), the sanitised max, the number of +inf tokens, the best noise among
-    them and its index, the best noise among all tokens and its index).  No winner:
-    index NO_TOKEN and m_f = -inf."""
+    tokens at or above ``x_lo`` with exact keys under m_f: index, logit and noise, sum
+    exp((x - m_f) / T) over them (float64), the sanitised max, the number of +inf
+    tokens, the best noise among them and its index, the best noise among all tokens and
+    its index).  No winner: index NO_TOKEN (and m_f = -inf where no token is finite)."""
     ones = tl.full([RARE_BLOCK], 1, tl.int32)
     fin_v = tl.full([RARE_BLOCK], NEG_INF, tl.float32)
     raw_v = tl.full([RARE_BLOCK], NEG_INF, tl.float32)
@@ -2584,6 +2573,8 @@ def _exact_range(row_ptr, lo, hi, inv_t, seed, off_lo, off_hi, RARE_BLOCK: tl.co
         for start in range(lo, hi, RARE_BLOCK):  # stream: shard exact race (tile RARE_BLOCK)
             offs, x = _load_tile(row_ptr, start, hi, RARE_BLOCK, True)
             fin = (offs < hi) & (x > NEG_INF) & (x < POS_INF)
+            if KEPT:
+                fin = fin & (x >= x_lo)
             g = _gumbel(_token_words(seed, off_lo, off_hi, offs, 0),
                         _token_words(seed, off_lo, off_hi, offs, 1))
             k = tl.where(fin, _exact_key(x, m_f, inv_t64, g), NEG_INF)
@@ -2625,18 +2616,27 @@ def _store_odd_columns(out, m, i_max, g_inf, i_inf, g_all, i_all, n_inf, n):
 @triton.jit
 def _shard_kernel(
     logits_ptr, stride_row, start, n, body_lo, chunk_len, B,
-    temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr, offset_val, parts_ptr,
+    temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr, offset_val, kept_ptr, m_ptr,
+    log_mp_ptr, parts_ptr,
     TEMP_T: tl.constexpr, SEED_T: tl.constexpr, OFFSET_T: tl.constexpr,
-    LOGPROBS: tl.constexpr, BLOCK: tl.constexpr, RARE_BLOCK: tl.constexpr,
-    NOISE_TEST: tl.constexpr,
+    LOGPROBS: tl.constexpr, KEPT: tl.constexpr, MIN_P: tl.constexpr, BLOCK: tl.constexpr,
+    RARE_BLOCK: tl.constexpr, NOISE_TEST: tl.constexpr,
 ):
-    """The summaries of a vocabulary shard's chunks, for rows with no filter: the shard
-    holds tokens [start, start + n) of each row (``logits_ptr`` points at token
-    ``start``).  Program (c, r), c < chunks: chunk c of the shard's body, whole tiles from
-    ``body_lo`` (the first multiple of 4 at or past ``start``, where the kernel's noise
-    tiles start); program (chunks, r): the head [start, body_lo), at most 3 tokens.
+    """The summaries of a vocabulary shard's chunks: the shard holds tokens [start,
+    start + n) of each row (``logits_ptr`` points at token ``start``).  Program (c, r),
+    c < chunks: chunk c of the shard's body, whole tiles from ``body_lo`` (the first
+    multiple of 4 at or past ``start``, where the kernel's noise tiles start); program
+    (chunks, r): the head [start, body_lo), at most 3 tokens.
 
-    Each writes SHARD_COLS float64 to parts[c, r] (fused_sampler.distributed._plain
+    Rows with no filter race over every token; KEPT (the filtered calls, after their
+    thresholds: fused_sampler.distributed) over the tokens whose sanitised key is at or
+    above the row's bound ``kept_ptr`` (int64; 0: none), raised with MIN_P to min-p's
+    lowest key under the whole row's max ``m_ptr`` and ln(min_p) ``log_mp_ptr`` (float32;
+    -inf: off).  A row whose max is +-inf races unfiltered: the contract draws it
+    uniformly whatever the filters.  A chunk of a filtered row with no kept token needs
+    no proof: its summary holds no winner and no mass.
+
+    Each writes SHARD_COLS float64 to parts[c, r] (fused_sampler.distributed._race
     combines them): first the columns of the contract's odd rows, as _exchange lays them
     out: the sanitised max (for a row that is not greedy, a finite stand-in below it
     where the race proved: the winner's logit), a NaN flag (0: the caller sets it), the
@@ -2661,6 +2661,18 @@ def _shard_kernel(
     offset = _param(offset_ptr, offset_val, row, OFFSET_T, tl.int64)
     off_lo, off_hi = _offset_halves(offset)
     greedy, inv_t = _greedy_and_inv_t(t)
+    x_lo = NEG_INF                  # the kept tokens' lowest logit, and their lowest key
+    kept_lo = KEY_NEG_INF + 1       # (constants without KEPT, as the plain race's)
+    if KEPT:
+        m_row = tl.load(m_ptr + row)
+        finite = tl.abs(m_row) < POS_INF
+        lo_key = tl.load(kept_ptr + row)
+        if MIN_P:
+            lo_key = tl.maximum(lo_key, _min_p_key(tl.where(finite, m_row, 0.0), inv_t,
+                                                   tl.load(log_mp_ptr + row)))
+        on = finite & (lo_key > KEY_NEG_INF)
+        kept_lo = tl.where(on, lo_key, KEY_NEG_INF + 1)
+        x_lo = tl.where(on, _unkey(lo_key), NEG_INF)
     none = tl.full([], NO_TOKEN, tl.int32)
     m_c = tl.full([], NEG_INF, tl.float32)
     i_c = none
@@ -2678,11 +2690,17 @@ def _shard_kernel(
         m_r, i_r = _greedy_pass(row_ptr, lo, hi, BLOCK)
     else:
         proved = head & ~head
-        if ~head:
+        if chunk < n_chunks:                  # (not the head)
             ub, proved, i_c, x_c, m_c, z_c = _race_range(row_ptr, lo, hi, seed, off_lo,
-                                                         off_hi, inv_t, LOGPROBS,
-                                                         NOISE_TEST, BLOCK)
+                                                         off_hi, inv_t, x_lo, kept_lo,
+                                                         LOGPROBS, NOISE_TEST, BLOCK, KEPT)
             # (a NaN or +inf logit in the chunk has already failed the proof: _race_step)
+            if KEPT:
+                # no bound above -inf under a filter (so a finite max): no kept token here
+                empty = (ub == NEG_INF) & (x_lo > NEG_INF)
+                proved = proved | empty
+                i_c = tl.where(empty, NO_TOKEN, i_c)
+                x_c = tl.where(empty, NEG_INF, x_c)
             if not LOGPROBS:
                 m_c = x_c
             m_r = x_c
@@ -2690,7 +2708,8 @@ def _shard_kernel(
                           _token_words(seed, off_lo, off_hi, i_c, 1))
         if ~proved:  # rare: the head (3 tokens at most), or a chunk whose race proved nothing
             m_c, i_c, x_c, g_c, z_c, m_r, n_inf, g_inf, i_inf, g_all, i_all = \
-                _exact_range(row_ptr, lo, hi, inv_t, seed, off_lo, off_hi, RARE_BLOCK)
+                _exact_range(row_ptr, lo, hi, inv_t, x_lo, seed, off_lo, off_hi, RARE_BLOCK,
+                             KEPT)
     some = i_c != NO_TOKEN
     out = parts_ptr + (chunk * B + row) * SHARD_COLS
     _store_odd_columns(out, m_r, i_r, g_inf, i_inf, g_all, i_all, n_inf, hi - lo)
@@ -3305,29 +3324,6 @@ def filtered_probs(a):
     return launch(a, probs_mode=True, return_logprobs=False)[2]
 
 
-NOISE_BLOCK = 1024
-
-
-def noise_kernel_args(seeds: torch.Tensor, offsets: torch.Tensor, n: int, start: int = 0):
-    """The launch of _noise_kernel for tokens ``start`` to ``start + n - 1`` of each row:
-    (grid, args, constexprs and options, the float32 [B, n] output)."""
-    B = seeds.shape[0]
-    out = torch.empty(B, n, dtype=torch.float32, device=seeds.device)
-    return ((triton.cdiv(n, NOISE_BLOCK), B), (seeds.contiguous(), offsets.contiguous(), out,
-            start, n), dict(BLOCK=NOISE_BLOCK, ALIGNED=start % 4 == 0, num_warps=4,
-                            enable_fp_fusion=False), out)
-
-
-def gumbel_noise(seeds: torch.Tensor, offsets: torch.Tensor, n: int, start: int = 0):
-    """float32 [B, n] Gumbel noise of tokens ``start`` to ``start + n - 1`` under the
-    rows' int64 ``seeds`` and ``offsets`` (_noise_kernel): fused_sampler.reference's
-    gumbel_noise, in one launch (equal to its last bits)."""
-    grid, args, kwargs, out = noise_kernel_args(seeds, offsets, n, start)
-    if out.numel():
-        _noise_kernel[grid](*args, **kwargs)
-    return out
-
-
 LEVEL_BLOCK = 1024
 
 
@@ -3335,14 +3331,19 @@ def radix_level_args(logits: torch.Tensor, n: int, m_raw: torch.Tensor,
                      inv_t: torch.Tensor, shift: int, radix_bits: int, state: torch.Tensor,
                      *, has_k: bool, has_p: bool, kept_lo: torch.Tensor = None,
                      prev: torch.Tensor = None, pk: torch.Tensor = None,
-                     p: torch.Tensor = None, first: bool = False, stream: bool = True):
+                     p: torch.Tensor = None, first: bool = False, stream: bool = True,
+                     out: torch.Tensor = None):
     """The launch of _radix_level_kernel (radix_level): (grid, args, constexprs and
-    options, the zeroed int64 [H, B, 2^radix_bits] output, or None without ``stream``)."""
+    options, the zeroed int64 [H, B, 2^radix_bits] output (``out``, else a new one), or
+    None without ``stream``)."""
     B = logits.shape[0]
-    dummy = state.new_zeros(1)
-    hist = torch.zeros(int(has_k) + int(has_p), B, 1 << radix_bits, dtype=torch.int64,
-                       device=logits.device) if stream else None
-    return (B,), (logits, logits.stride(0), n, m_raw.contiguous(), inv_t.contiguous(), state,
+    dummy = state                          # stands in for the pointers a launch never reads
+    hist = None
+    if stream:
+        hist = out if out is not None else torch.zeros(
+            int(has_k) + int(has_p), B, 1 << radix_bits, dtype=torch.int64,
+            device=logits.device)
+    return (B,), (logits, logits.stride(0), n, m_raw, inv_t, state,
                   pk if pk is not None else dummy, p if p is not None else dummy,
                   kept_lo if kept_lo is not None else dummy,
                   prev if prev is not None else dummy, hist if stream else dummy, B, shift), \
@@ -3355,32 +3356,37 @@ def radix_level(logits: torch.Tensor, n: int, m_raw: torch.Tensor, inv_t: torch.
                 shift: int, radix_bits: int, state: torch.Tensor, *, has_k: bool,
                 has_p: bool, kept_lo: torch.Tensor = None, prev: torch.Tensor = None,
                 pk: torch.Tensor = None, p: torch.Tensor = None, first: bool = False,
-                stream: bool = True):
+                stream: bool = True, out: torch.Tensor = None):
     """One launch of _radix_level_kernel over a vocabulary shard of ``n`` tokens
     (``logits`` [B, >= n], any float dtype and row stride; the row max ``m_raw``, float32
-    [B], the whole row's, +-inf for the contract's odd rows; 1/T ``inv_t``, float32 [B]).
+    [B] contiguous, the whole row's, +-inf for the contract's odd rows; 1/T ``inv_t``,
+    float32 [B] contiguous).
     With ``prev`` (the previous level's all-reduced histograms) it first extends the
     rows' prefixes in ``state`` (int64 [B, 4]: top-k's prefix, the tokens it still needs,
     top-p's prefix, the mass above its bracket; ``pk`` float64 [B], p x K, set from ``p``
     when ``first``).  Returns this level's int64 [H, B, 2^radix_bits] digit counts
-    (``has_k``) and exact masses at or above ``kept_lo`` (``has_p``) under the prefixes,
-    or None without ``stream`` (the last level's choice alone)."""
+    (``has_k``) and exact masses at or above ``kept_lo`` (``has_p``) under the prefixes
+    (added into ``out``, zeroed, where given), or None without ``stream`` (the last
+    level's choice alone)."""
     grid, args, kwargs, hist = radix_level_args(logits, n, m_raw, inv_t, shift, radix_bits,
                                                 state, has_k=has_k, has_p=has_p,
                                                 kept_lo=kept_lo, prev=prev, pk=pk, p=p,
-                                                first=first, stream=stream)
+                                                first=first, stream=stream, out=out)
     if logits.shape[0]:
         _radix_level_kernel[grid](*args, **kwargs)
     return hist
 
 
 def shard_kernel_args(a, start: int, n: int, chunks: int, *, return_logprobs: bool = True,
-                      block: int = None, noise_test: int = 0):
+                      block: int = None, noise_test: int = 0, kept: tuple = None):
     """The launch of _shard_kernel for a checked call on a vocabulary shard of ``n``
     tokens from global index ``start`` (``a.logits``: [B, n], or a stand-in column when
     n = 0, never read): (grid, args, constexprs and options, the float64 [chunks + 1, B,
     SHARD_COLS] summaries).  The shard's body is cut into ``chunks`` chunks of whole
-    tiles (the same number on every rank, so that the summaries gather: shard_plan)."""
+    tiles (the same number on every rank, so that the summaries gather: shard_plan).
+    ``kept``: None (no filter), or the filtered rows' (lowest kept key, int64 [B], 0:
+    none; the whole rows' max, float32 [B]; ln(min_p), float32 [B], -inf where off, or
+    None without min-p)."""
     x = a.logits
     B = x.shape[0]
     body_lo = min(start + (-start) % 4, start + n)
@@ -3393,10 +3399,12 @@ def shard_kernel_args(a, start: int, n: int, chunks: int, *, return_logprobs: bo
     off_ptr, off_val, off_t = _scalar_or_tensor(a.offset, torch.int64, dummy)
     parts = torch.empty(chunks + 1, B, SHARD_COLS.value, dtype=torch.float64,
                         device=x.device)
+    kept_lo, m_raw, log_mp = kept if kept is not None else (dummy, dummy, None)
     args = (x, x.stride(0), start, n, body_lo, chunk_len, B, temp_ptr, temp_val, seed_ptr,
-            seed_val, off_ptr, off_val, parts)
+            seed_val, off_ptr, off_val, kept_lo.contiguous(), m_raw.contiguous(),
+            log_mp.contiguous() if log_mp is not None else dummy, parts)
     consts = dict(TEMP_T=temp_t, SEED_T=seed_t, OFFSET_T=off_t, LOGPROBS=return_logprobs,
-                  BLOCK=block, RARE_BLOCK=min(RARE_TILE, block), NOISE_TEST=noise_test,
+                  KEPT=kept is not None, MIN_P=log_mp is not None, BLOCK=block, RARE_BLOCK=min(RARE_TILE, block), NOISE_TEST=noise_test,
                   num_warps=max(4, min(16, block // 256)), enable_fp_fusion=False)
     return (chunks + 1, B), args, consts, parts
 
@@ -3411,12 +3419,13 @@ def shard_plan(B: int, width: int, device: torch.device, programs: int = None):
 
 
 def shard_parts(a, start: int, n: int, chunks: int, *, return_logprobs: bool = True,
-                block: int = None, noise_test: int = 0):
-    """float64 [chunks + 1, B, SHARD_COLS] summaries of a vocabulary shard's chunks, for
-    rows with no filter (_shard_kernel; arguments as in :func:`shard_kernel_args`)."""
+                block: int = None, noise_test: int = 0, kept: tuple = None):
+    """float64 [chunks + 1, B, SHARD_COLS] summaries of a vocabulary shard's chunks, over
+    every token or (``kept``) the filtered rows' kept ones (_shard_kernel; arguments as
+    in :func:`shard_kernel_args`)."""
     grid, args, kwargs, parts = shard_kernel_args(
         a, start, n, chunks, return_logprobs=return_logprobs, block=block,
-        noise_test=noise_test)
+        noise_test=noise_test, kept=kept)
     if a.batch:
         _shard_kernel[grid](*args, **kwargs)
     return parts

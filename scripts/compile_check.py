@@ -56,14 +56,14 @@ def compile_call(a, probs_mode, arch, ptxas_log=False, **launch):
     Returns the compiled kernel, or (kernel, ptxas's -v report) with ``ptxas_log``: the
     registers, stack frame and spill bytes (a driverless compile has no other source of
     them)."""
-    if launch.get("noise"):           # the race's noise for a vocabulary shard
-        _, args, kwargs, _ = sampler.noise_kernel_args(a.seeds, a.offsets, 5000, 123)
-        fn = sampler._noise_kernel
-    elif launch.get("shard"):         # a vocabulary shard's chunk summaries
+    if launch.get("shard"):         # a vocabulary shard's chunk summaries
         start = launch["shard"] if launch["shard"] is not True else 130   # a head too
+        B = a.logits.shape[0]             # kept: a filtered call's race, min-p's bound too
+        kept = (torch.zeros(B, dtype=torch.int64), torch.zeros(B), torch.zeros(B)) \
+            if launch.get("kept") else None
         _, args, kwargs, _ = sampler.shard_kernel_args(
             a, start, a.logits.shape[1], 8,
-            return_logprobs=launch.get("return_logprobs", True))
+            return_logprobs=launch.get("return_logprobs", True), kept=kept)
         fn = sampler._shard_kernel
     elif launch.get("candidates"):    # a shard's summary for a scalar top-k
         k = a.top_k
@@ -156,12 +156,13 @@ def calls(quick):
             continue
         yield f"split rows, launch {phase}: k=1 p=1 min_p=1 sample, top-k tensor", a, False, \
             dict(chunks=32, phase=phase)
-    # fused_sampler.distributed: the noise launch, and a plain shard's chunk summaries
-    yield "noise of a vocabulary shard", a, False, dict(noise=True)
+    # fused_sampler.distributed: a shard's chunk summaries, plain and over the kept tokens
     a = _args.check(x, rows(0.7, torch.float32), None, None, None, "top_k_first",
                     seed=seeds, validate=False)
     yield "chunk summaries of a vocabulary shard: plain, temperature tensor", a, False, \
         dict(shard=True)
+    yield "chunk summaries of a vocabulary shard: kept tokens, min-p", a, False, \
+        dict(shard=True, kept=True)
     yield "combine of the shards' summaries: plain, temperature tensor", a, False, \
         dict(combine=True)
     yield "a radix level of a vocabulary shard: counts and masses", a, False, dict(level=True)

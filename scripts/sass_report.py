@@ -69,6 +69,7 @@ class Spec:
     candidates: bool = False  # a shard's summary for a scalar top-k (fs.distributed)
     combine: int = 0          # ... or the combine of W ranks' such summaries
     level: bool = False       # a radix level of a shard (the other filtered calls)
+    kept: bool = False        # a shard's race over the kept tokens (those calls' last step)
     budget: int = 0           # --check's budget for its loops, where not BUDGET_STREAM
 
 
@@ -115,6 +116,9 @@ SPECS = (
     # tensor parallel (issue 13): a plain shard's chunk summaries (_shard_kernel)
     Spec("shard plain bf16", {}, torch.bfloat16, typical=("race",), shard=True),
     Spec("shard plain+logprobs fp32", {}, logprobs=True, typical=("race",), shard=True),
+    # ... and the other filtered calls' race over the kept tokens (min-p's bound too)
+    Spec("shard kept race bf16", dict(_T07, top_p=0.9, min_p=0.05), torch.bfloat16,
+         typical=("race",), shard=True, kept=True),
     # and a scalar top-k's candidates (_candidates_kernel, after torch.topk)
     Spec("shard top_k_top_p bf16, candidates", dict(_T07, top_k=50, top_p=0.9),
          torch.bfloat16, typical=("candidates' shard",), candidates=True),
@@ -447,7 +451,7 @@ def analyse(spec: Spec, arch=90):
         chunks, block, phase = spec.split
         launch.update(chunks=chunks, block=block, phase=phase)
     if spec.shard:
-        launch.update(shard=SHARD_START)
+        launch.update(shard=SHARD_START, kept=spec.kept)
     if spec.candidates:
         launch.update(candidates=SHARD_START)
     if spec.combine:

@@ -36,14 +36,16 @@ def collectives(B, top_k=False, top_p=False, min_p=False, order="top_k_first",
     "all_gather" (payload: one rank's part) or "broadcast".  ``top_k``: False, an int
     (a scalar top-k) or True (a per-row tensor).  ``summaries``: how many a rank sends
     for a plain call (the kernel's: its shard's chunks and head; the reference backend
-    sends 1); by default the kernel's on an H100 (plain_summaries)."""
+    sends 1); by default the kernel's on an H100 (plain_summaries).  Every call but a
+    candidates one ends in the same race (the kept tokens' under filters)."""
     out = []
     if not seed_given:
         out.append(("broadcast", 8 * B))
+    if summaries is None:
+        summaries = plain_summaries(B, V, 1)
+    race = ("all_gather", 8 * (SHARED + 5) * B * summaries)  # maxima, winners, masses
     if not (top_k or top_p or min_p):                        # plain: one exchange
-        if summaries is None:
-            summaries = plain_summaries(B, V, 1)
-        return out + [("all_gather", 8 * (SHARED + 5) * B * summaries)]  # maxima, winners
+        return out + [race]
     if by_candidates(top_k, top_p, order, V):                # k candidates and their ties
         return out + [("all_gather", 8 * (SHARED + 3 * top_k + 4) * B)]
     out.append(("all_reduce", 4 * 3 * B))                    # max and the odd-row flags
@@ -53,12 +55,11 @@ def collectives(B, top_k=False, top_p=False, min_p=False, order="top_k_first",
     if top_p:
         hists = 2 if top_k and joint else 1                  # joint: top-k's counts too
         out += [("all_reduce", 8 * BINS * B * hists)] * LEVELS
-    out.append(("all_gather", 8 * 5 * B))                    # winners, masses, greedy
-    return out
+    return out + [race]                                      # the kept tokens' race
 
 
 def plain_summaries(B, V, W, programs=H100_SMS):
-    """Summaries a rank sends for a plain call on the kernel's backend: its shard's
+    """Summaries a rank sends for the race on the kernel's backend: its shard's
     chunks, as the kernel cuts a shard V / W wide on a GPU of ``programs`` SMs,
     and its head (fused_sampler.kernels.sampler.shard_plan)."""
     import torch
@@ -83,9 +84,9 @@ def local_reads(top_k=False, top_p=False, min_p=False, order="top_k_first", V=12
     kernel's candidates pass); other filtered calls, the max, each radix level (top-k
     and top-p: LEVELS each, shared under order "joint"; one launch of
     _radix_level_kernel each on the kernel's backends, a read whose SASS issues some 50
-    instructions a token: issue-bound, not charged) and the race (were the max and the
-    race one fused read each: the PyTorch operations that run them read and write
-    several times more)."""
+    instructions a token: issue-bound, not charged) and the race (_shard_kernel, one
+    read, as a plain call's; the max is torch.nan_to_num and amax, a read and a write
+    taken as one)."""
     if by_candidates(top_k, top_p, order, V):
         return 3
     if not (top_k or top_p or min_p):

@@ -140,8 +140,8 @@ def _worker(rank, world, init_file, backend):
 @pytest.mark.parametrize("world, backend", [(1, "auto"), (3, "auto"), (4, "auto"),
                                             (2, "reference")])
 def test_every_rank_draws_the_unsharded_token(world, backend):
-    """backend "auto": the race's noise from the kernel's noise launch (in Triton's
-    interpreter here), "reference": from PyTorch."""
+    """backend "auto": the kernel's launches (in Triton's interpreter here): the race,
+    the combines, the radix levels; "reference": PyTorch."""
     with tempfile.TemporaryDirectory() as tmp:
         init_file = os.path.join(tmp, "init")
         if world == 1:
@@ -195,7 +195,7 @@ def test_the_model_counts_the_collectives_sample_makes(monkeypatch, tmp_path, pa
                    seed=1 if seed_given else None, **call)
     finally:
         dist.destroy_process_group()
-    # a plain call sends its shard's chunks' and head's summaries on the kernel's backend
+    # the race sends its shard's chunks' and head's summaries on the kernel's backend
     kernel = resolve_backend("auto", torch.device("cpu")) == "triton"
     summaries = tp_model.plain_summaries(B, 20, 1, programs=1) if kernel else 1
     assert made == tp_model.collectives(B, top_k=params.get("top_k", False),
@@ -304,42 +304,54 @@ def test_sharded_calls_agree_with_the_reference_on_anything(call, world, cut_see
     assert raised == [invalid] * world, (raised, invalid)
 
 
-def test_the_kernels_noise_is_the_references_to_its_last_bits():
-    """The noise launch fs.distributed takes on the kernel's backends (_noise_kernel) is
-    reference.gumbel_noise of the same tokens, starts off a multiple of 4 and lengths off
-    a multiple of its block included."""
-    from fused_sampler.kernels import sampler
-    g = torch.Generator().manual_seed(0)
-    seeds = torch.randint(-2 ** 62, 2 ** 62, (3,), generator=g)
-    offsets = torch.randint(0, 2 ** 62, (3,), generator=g)
-    for n, start in ((1, 0), (5, 3), (1500, 4094), (77, 2 ** 30)):
-        torch.testing.assert_close(sampler.gumbel_noise(seeds, offsets, n, start),
-                                   fs.reference.gumbel_noise(seeds, offsets, n, start),
-                                   rtol=1e-6, atol=1e-6)
+def _whole_row_bounds(x, params):
+    """_shard_kernel's ``kept`` of the whole rows ``x`` under the filters ``params`` (the
+    lowest kept key, the rows' max, ln(min_p) or None): fs.distributed's steps 1-3 on one
+    rank, with the PyTorch levels."""
+    B, V = x.shape
+    a, real, n = fsd._check(x, 0, V, None, params.get("temperature", 1.0),
+                            params.get("top_k"), params.get("top_p"), params.get("min_p"),
+                            params.get("order", "top_k_first"), 0, 0, None, "reference",
+                            False)
+    group = _Threads(1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fsd, "dist", group)
+        (got,) = group.run(lambda r: fsd._bounds(a, real, n, V, None, False))
+    assert not isinstance(got, Exception), got
+    _, _, m_raw, kept_lo, _ = got
+    return kept_lo, m_raw[:, 0], fsd._min_p_log(a) if a.min_p is not None else None
 
 
-SHARD_CASES = [  # (noise_test, V, world, chunks, log-probs, dtype)
-    (0, 97, 3, 3, True, torch.float32),
-    (0, 100, 4, 7, False, torch.bfloat16),     # more chunks than tiles: some empty
-    (1, 97, 2, 2, False, torch.float32),
-    (2, 61, 3, 2, True, torch.float32),
-    (0, 64, 1, 2, False, torch.float32),       # one rank, no head
+ROW_K = torch.tensor([3, 2, 5, 1, 4, 10, 1, 7])
+SHARD_CASES = [  # (noise_test, V, world, chunks, log-probs, dtype, filters)
+    (0, 97, 3, 3, True, torch.float32, {}),
+    (0, 100, 4, 7, False, torch.bfloat16, {}),     # more chunks than tiles: some empty
+    (1, 97, 2, 2, False, torch.float32, {}),
+    (2, 61, 3, 2, True, torch.float32, {}),
+    (0, 64, 1, 2, False, torch.float32, {}),       # one rank, no head
+    (0, 97, 3, 3, True, torch.float32, dict(top_k=ROW_K, top_p=0.8, min_p=0.05)),
+    (1, 100, 4, 7, False, torch.bfloat16, dict(min_p=0.1)),
+    (2, 61, 3, 2, True, torch.float32, dict(top_k=ROW_K, top_p=0.7, order="joint")),
 ]
 
 
-@pytest.mark.parametrize("noise_test, V, world, chunks, logprobs, dtype", SHARD_CASES,
+@pytest.mark.parametrize("noise_test, V, world, chunks, logprobs, dtype, filters",
+                         SHARD_CASES,
                          ids=["proved-logprobs", "proved-bf16", "loosest_bounds",
-                              "spoiled_bounds", "proved-one-rank"])
+                              "spoiled_bounds", "proved-one-rank", "filtered-proved",
+                              "min_p-loosest-bf16", "joint-spoiled"])
 def test_shard_chunk_summaries_combine_to_the_unsharded_token(noise_test, V, world, chunks,
-                                                              logprobs, dtype):
+                                                              logprobs, dtype, filters):
     """The kernel's shard summaries (_shard_kernel, in the interpreter) of every rank's
     shard, concatenated in rank order as the all-gather does, give the reference's
     tokens and log-probs, combined by the kernel (_combine_shards_kernel, 4 summaries
-    at a time) and by PyTorch (the reference backend's _plain_result): shards cut anywhere (starts off a multiple of 4, so with a
-    head; empty shards), chunks of 16-token tiles, rows with ties (at 1e20 too, where
-    keys need an anchor near the max), +inf, NaN, no finite logit, greedy and T = inf;
-    the race's bounds exact, loosened by 0.99 of the margin
-    (proofs must still hold) or spoiled (chunks take the exact way)."""
+    at a time) and by PyTorch (the reference backend's _plain_result): shards cut
+    anywhere (starts off a multiple of 4, so with a head; empty shards), chunks of
+    16-token tiles, rows with ties (at 1e20 too, where keys need an anchor near the max;
+    at 0.0 and -0.0), +inf, NaN, no finite logit, greedy and T = inf; the race's bounds
+    exact, loosened by 0.99 of the margin (proofs must still hold) or spoiled (chunks
+    take the exact way); with filters, over the kept tokens of the whole rows' bounds
+    (chunks with none among them)."""
     from fused_sampler.kernels import sampler
     g = torch.Generator().manual_seed(V)
     B = 8
@@ -352,6 +364,7 @@ def test_shard_chunk_summaries_combine_to_the_unsharded_token(noise_test, V, wor
     x[3, 3] = float("nan")
     x[4, : V // 2] = float("-inf")
     x[5] = x[5].round()
+    x[5, ::2] = torch.where(x[5, ::2] == 0, -0.0, x[5, ::2])   # -0.0 ties +0.0
     x[6:, ::2] = 1e20                              # ties far from 0: the anchor matters
     x = x.to(dtype)
     temperature = torch.tensor([1.0, 0.7, 1.3, 0.0, INF, 0.5, 2.0, 0.3])
@@ -359,15 +372,18 @@ def test_shard_chunk_summaries_combine_to_the_unsharded_token(noise_test, V, wor
     cuts = [0, *sorted(torch.randint(0, V + 1, (world - 1,), generator=g).tolist()), V]
     if world > 2:
         cuts[1] = cuts[2]                          # an empty shard
+    filters = dict(filters, temperature=temperature)
+    kept = _whole_row_bounds(x, filters) if len(filters) > 1 else None
     parts = []
     for r in range(world):
         a, real, n = fsd._check(x[:, cuts[r]:cuts[r + 1]], cuts[r], V, None, temperature,
                                 None, None, None, "top_k_first", seeds, 3, None, "triton",
                                 False)
         parts.append(sampler.shard_parts(a, cuts[r], n, chunks, block=16,
-                                         return_logprobs=logprobs, noise_test=noise_test))
-    want, want_logp = fs.reference.sample(x, temperature=temperature, seed=seeds, offset=3,
-                                          validate=False, return_logprobs=True)
+                                         return_logprobs=logprobs, noise_test=noise_test,
+                                         kept=kept))
+    want, want_logp = fs.reference.sample(x, seed=seeds, offset=3, validate=False,
+                                          return_logprobs=True, **filters)
     greedy, inv_t = fs.reference.greedy_and_inv_t(temperature, B, x.device)
     for tokens, logp in (sampler.combine_shards(a, torch.cat(parts), block_p=4),  # kernel
                          fsd._plain_result(*fsd._split(torch.cat(parts)), greedy, inv_t)):
@@ -382,13 +398,13 @@ def test_shard_chunk_summaries_combine_to_the_unsharded_token(noise_test, V, wor
        world=st.integers(1, 4), cut_seed=st.integers(0, 2 ** 20),
        chunks=st.integers(1, 4), block=st.sampled_from([16, 32]),
        logprobs=st.booleans())
-def test_shard_kernel_agrees_with_the_reference_on_fuzzed_plain_calls(call, world, cut_seed,
-                                                                     chunks, block, logprobs):
-    """The fuzz campaign's calls without their filters (odd values, layouts, dtypes, every
-    temperature edge, per-row tensors with out-of-range values), sharded at random cuts
-    through the kernel's shard summaries (in the interpreter, one rank after another),
-    combined by the kernel and by PyTorch: the reference's tokens, and where finite its
-    log-probs."""
+def test_shard_kernel_agrees_with_the_reference_on_fuzzed_calls(call, world, cut_seed, chunks,
+                                                               block, logprobs):
+    """The fuzz campaign's calls (odd values, layouts, dtypes, every temperature edge,
+    per-row tensors with out-of-range values), sharded at random cuts through the
+    kernel's shard summaries (in the interpreter, one rank after another; a filtered
+    call's race over the kept tokens of the whole rows' bounds), combined by the kernel
+    and by PyTorch: the reference's tokens, and where finite its log-probs."""
     from fused_sampler.kernels import sampler
     x, params, _ = call
     B, V = x.shape
@@ -396,14 +412,16 @@ def test_shard_kernel_agrees_with_the_reference_on_fuzzed_plain_calls(call, worl
     g = torch.Generator().manual_seed(cut_seed)
     cuts = [0, *sorted(torch.randint(0, V + 1, (world - 1,), generator=g).tolist()), V]
     seeds = torch.arange(B) * 3 + 1
+    filtered = any(params[f] is not None for f in ("top_k", "top_p", "min_p"))
+    kept = _whole_row_bounds(x, params) if filtered else None
     parts = []
     for r in range(world):
         a, real, n = fsd._check(x[:, cuts[r]:cuts[r + 1]], cuts[r], V, None, t, None, None,
                                 None, "top_k_first", seeds, 5, None, "triton", False)
         parts.append(sampler.shard_parts(a, cuts[r], n, chunks, block=block,
-                                         return_logprobs=logprobs))
-    want, want_logp = fs.reference.sample(x, temperature=t, seed=seeds, offset=5,
-                                          validate=False, return_logprobs=True)
+                                         return_logprobs=logprobs, kept=kept))
+    want, want_logp = fs.reference.sample(x, seed=seeds, offset=5, validate=False,
+                                          return_logprobs=True, **params)
     greedy, inv_t = fs.reference.greedy_and_inv_t(a.temperature, B, x.device)
     finite = torch.isfinite(want_logp)
     for tokens, logp in (sampler.combine_shards(a, torch.cat(parts)),      # the kernel's
