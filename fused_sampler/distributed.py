@@ -176,8 +176,9 @@ def _radix_levels(a, real, n, keys, mass, m_raw, inv_t, kept_lo, k, p, group):
     rank, one all-reduce a level: both in the same all-reduces when both are given (order
     "joint").  On the kernel's backends each level is one launch of _radix_level_kernel,
     which makes the previous level's choice of a bin and sums this one over the shard
-    (one read; masses at or above ``kept_lo``), and one more launch makes the last
-    choice; else PyTorch (_level, _choose) over ``keys`` and ``mass``."""
+    (one read, the rows cut into level_plan's chunks; masses at or above ``kept_lo``),
+    and one more launch makes the last choice; else PyTorch (_level, _choose) over
+    ``keys`` and ``mass``."""
     B, dev = a.batch, a.logits.device
     has_k, has_p = k is not None, p is not None
     zeros = torch.zeros(B, dtype=torch.int64, device=dev)
@@ -188,21 +189,30 @@ def _radix_levels(a, real, n, keys, mass, m_raw, inv_t, kept_lo, k, p, group):
         m32 = m_raw[:, 0].contiguous()
         hists = torch.zeros(LEVELS, int(has_k) + int(has_p), B, _BINS, dtype=torch.int64,
                             device=dev).unbind(0)         # every level's, zeroed at once
+        # a row's chunks all choose, chunk 0 writes: each choice reads one state, writes
+        # the other
+        states = [state, torch.empty_like(state)]
+        chunks = sampler.level_plan(B, n, dev)
     hist = None
     for level in range(LEVELS):
         shift = 32 - RADIX_BITS * (level + 1)
         if sampler is not None:
-            hist = sampler.radix_level(a.logits, n, m32, inv_t, shift, RADIX_BITS, state,
-                                       has_k=has_k, has_p=has_p, kept_lo=kept_lo, prev=hist,
-                                       pk=pk, p=p, first=level == 1, out=hists[level])
+            hist = sampler.radix_level(a.logits, n, m32, inv_t, shift, RADIX_BITS,
+                                       states[0], has_k=has_k, has_p=has_p, kept_lo=kept_lo,
+                                       prev=hist, pk=pk, p=p, first=level == 1,
+                                       out=hists[level], state_out=states[1], chunks=chunks)
+            if level:
+                states.reverse()
         else:
             if hist is not None:
                 _choose(hist, state, pk, p, level == 1, has_k, has_p)
             hist = _level(keys, real, mass, shift, state, has_k, has_p)
         dist.all_reduce(hist, group=group)
     if sampler is not None:
-        sampler.radix_level(a.logits, n, m32, inv_t, 0, RADIX_BITS, state, has_k=has_k,
-                            has_p=has_p, prev=hist, pk=pk, p=p, stream=False)
+        sampler.radix_level(a.logits, n, m32, inv_t, 0, RADIX_BITS, states[0], has_k=has_k,
+                            has_p=has_p, prev=hist, pk=pk, p=p, stream=False,
+                            state_out=states[1])
+        state = states[1]
     else:
         _choose(hist, state, pk, p, False, has_k, has_p)
     return (state[:, 0] if has_k else None), (state[:, 2] if has_p else None)

@@ -2403,15 +2403,17 @@ def _split_kernel(
 
 
 @_device
-def _radix_choose(prev_ptr, B, row, st, pk_ptr, p_ptr, pre_k, pre_p, HAS_K: tl.constexpr,
-                  HAS_P: tl.constexpr, FIRST: tl.constexpr, RADIX_BITS: tl.constexpr):
+def _radix_choose(prev_ptr, B, row, st, st_out, write, pk_ptr, p_ptr, pre_k, pre_p,
+                  HAS_K: tl.constexpr, HAS_P: tl.constexpr, FIRST: tl.constexpr,
+                  RADIX_BITS: tl.constexpr):
     """Row r's choice of a bin from the previous level's all-reduced histograms (``prev``,
     [H, B, 2^RADIX_BITS]), the arithmetic of fused_sampler.distributed._radix_levels:
     top-k's bin is the lowest whose count strictly above is below the tokens still needed
     (``st`` + 1), top-p's the lowest whose mass strictly above (the bracket's, ``st`` + 3,
     plus the bins above) is below pK (FIRST: the previous level was the first, whose
-    total is K).  Updates the row's state (prefixes, need, mass above, pK) and returns
-    the prefixes (pre_k, pre_p)."""
+    total is K).  Returns the new prefixes (pre_k, pre_p); where ``write``, stores the
+    row's new state (prefixes, need, mass above) at ``st_out`` and pK.  Every chunk of a
+    row makes the same choice; one writes it, to a state the others do not read."""
     NB: tl.constexpr = 1 << RADIX_BITS
     bins = tl.arange(0, NB)
     at = prev_ptr + row * NB + bins
@@ -2420,45 +2422,48 @@ def _radix_choose(prev_ptr, B, row, st, pk_ptr, p_ptr, pre_k, pre_p, HAS_K: tl.c
         before = tl.cumsum(cnt, 0, reverse=True) - cnt            # strictly above each bin
         need = tl.load(st + 1)
         b = tl.minimum(tl.min(tl.where(before < need, bins, NB), 0), NB - 1)
-        tl.store(st + 1, need - _pick(bins, b, before))
+        tl.store(st_out + 1, need - _pick(bins, b, before), mask=write)
         pre_k = (pre_k << RADIX_BITS) | b
-        tl.store(st, pre_k)
+        tl.store(st_out, pre_k, mask=write)
         at += B * NB
     if HAS_P:
         mass = tl.load(at)
         pk = tl.load(pk_ptr + row)
         if FIRST:                                                  # K: the first level's
             pk = tl.load(p_ptr + row) * tl.sum(mass, 0).to(tl.float64)
-            tl.store(pk_ptr + row, pk)
+            tl.store(pk_ptr + row, pk, mask=write)
         strictly = tl.load(st + 3) + tl.cumsum(mass, 0, reverse=True) - mass
         b = tl.minimum(tl.min(tl.where(strictly.to(tl.float64) < pk, bins, NB), 0), NB - 1)
-        tl.store(st + 3, _pick(bins, b, strictly))
+        tl.store(st_out + 3, _pick(bins, b, strictly), mask=write)
         pre_p = (pre_p << RADIX_BITS) | b
-        tl.store(st + 2, pre_p)
+        tl.store(st_out + 2, pre_p, mask=write)
     return pre_k, pre_p
 
 
 @triton.jit
-def _radix_level_kernel(logits_ptr, stride_row, n, m_ptr, inv_t_ptr, state_ptr, pk_ptr, p_ptr,
-                        kept_lo_ptr, prev_ptr, hist_ptr, B, shift,
-                        HAS_K: tl.constexpr, HAS_P: tl.constexpr, CHOOSE: tl.constexpr,
-                        FIRST: tl.constexpr, STREAM: tl.constexpr, RADIX_BITS: tl.constexpr,
-                        BLOCK: tl.constexpr):
+def _radix_level_kernel(logits_ptr, stride_row, n, chunk_len, m_ptr, inv_t_ptr, state_ptr,
+                        state_out_ptr, pk_ptr, p_ptr, kept_lo_ptr, prev_ptr, hist_ptr, B,
+                        shift, HAS_K: tl.constexpr, HAS_P: tl.constexpr,
+                        CHOOSE: tl.constexpr, FIRST: tl.constexpr, STREAM: tl.constexpr,
+                        RADIX_BITS: tl.constexpr, BLOCK: tl.constexpr):
     """One radix level of a vocabulary shard (fused_sampler.distributed._radix_levels),
-    program r for row r.  CHOOSE: first the previous level's choice of a bin
-    (_radix_choose), which extends the row's prefixes in ``state`` (int64 [B, 4]: top-k's
-    prefix, the tokens it still needs, top-p's prefix, the mass above its bracket).
-    STREAM: then, over the shard's tokens whose key lies under the prefixes (its bits
-    above ``shift + RADIX_BITS``), the count (HAS_K) and the exact mass (HAS_P, tokens at
-    or above ``kept_lo``: top-k's set under "top_k_first") of each digit (the next
-    RADIX_BITS bits).  The tokens as the reference resolves them (NaN -inf, -0.0 +0.0;
+    program (c, r) for chunk c (``chunk_len`` tokens, whole tiles) of row r.  CHOOSE:
+    first the previous level's choice of a bin (_radix_choose), which extends the row's
+    prefixes in ``state`` (int64 [B, 4]: top-k's prefix, the tokens it still needs,
+    top-p's prefix, the mass above its bracket; chunk 0 writes the new state to
+    ``state_out``, another buffer where there are several chunks).  STREAM: then, over
+    the chunk's tokens whose key lies under the prefixes (its bits above ``shift +
+    RADIX_BITS``), the count (HAS_K) and the exact mass (HAS_P, tokens at or above
+    ``kept_lo``: top-k's set under "top_k_first") of each digit (the next RADIX_BITS
+    bits).  The tokens as the reference resolves them (NaN -inf, -0.0 +0.0;
     under a row max ``m_ptr`` of +inf only the +inf tokens, as logit 0; under -inf every
     token as 0); a mass is _term's under the finite max.  Out: int64 [HAS_K + HAS_P, B,
-    2^RADIX_BITS], zeroed by the caller (the masses add by integer atomics, as
-    _bin_mass_pass).  One read of the shard: the PyTorch level it replaces read and wrote
-    it some thirteen times."""
+    2^RADIX_BITS], zeroed by the caller (the chunks' counts and masses add by integer
+    atomics, as _bin_mass_pass's).  One read of the shard: the PyTorch level it replaces
+    read and wrote it some thirteen times."""
     NB: tl.constexpr = 1 << RADIX_BITS
-    row = tl.program_id(0).to(tl.int64)
+    chunk = tl.program_id(0)
+    row = tl.program_id(1).to(tl.int64)
     st = state_ptr + row * 4
     pre_k = tl.full([], 0, tl.int64)
     pre_p = tl.full([], 0, tl.int64)
@@ -2467,8 +2472,9 @@ def _radix_level_kernel(logits_ptr, stride_row, n, m_ptr, inv_t_ptr, state_ptr, 
     if HAS_P:
         pre_p = tl.load(st + 2)
     if CHOOSE:
-        pre_k, pre_p = _radix_choose(prev_ptr, B, row, st, pk_ptr, p_ptr, pre_k, pre_p,
-                                     HAS_K, HAS_P, FIRST, RADIX_BITS)
+        pre_k, pre_p = _radix_choose(prev_ptr, B, row, st, state_out_ptr + row * 4,
+                                     chunk == 0, pk_ptr, p_ptr, pre_k, pre_p, HAS_K, HAS_P,
+                                     FIRST, RADIX_BITS)
     if STREAM:
         row_ptr = logits_ptr + row * stride_row
         m_raw = tl.load(m_ptr + row)
@@ -2486,9 +2492,11 @@ def _radix_level_kernel(logits_ptr, stride_row, n, m_ptr, inv_t_ptr, state_ptr, 
         want_p = pre_p.to(tl.uint32)
         lanes = tl.arange(0, BLOCK)
         cnt = tl.zeros([NB], tl.int32)
-        for start in range(0, n, BLOCK):  # stream: radix level
+        lo = chunk * chunk_len
+        hi = tl.minimum(lo + chunk_len, n)
+        for start in range(lo, hi, BLOCK):  # stream: radix level
             offs = start + lanes
-            valid = offs < n
+            valid = offs < hi
             x = _sanitize(tl.load(row_ptr + offs, mask=valid, other=NEG_INF))
             if odd:  # rare: a row holding +inf (its +inf tokens as 0), or no finite logit (0)
                 x = tl.where(inf_row > 0.0, tl.where(x == POS_INF, 0.0, NEG_INF), 0.0)
@@ -2503,7 +2511,8 @@ def _radix_level_kernel(logits_ptr, stride_row, n, m_ptr, inv_t_ptr, state_ptr, 
                 on = valid & (prefix == want_p) & (key >= kept_lo) & (t != 0)
                 tl.atomic_add(_here(mass_row) + digit, t, mask=on, sem="relaxed")
         if HAS_K:
-            tl.store(hist_ptr + row * NB + tl.arange(0, NB), cnt.to(tl.int64))
+            tl.atomic_add(_here(hist_ptr + row * NB) + tl.arange(0, NB), cnt.to(tl.int64),
+                          sem="relaxed")
 
 
 # Vocabulary shards (fused_sampler.distributed): rank r holds tokens [start, start + n)
@@ -3327,51 +3336,74 @@ def filtered_probs(a):
 LEVEL_BLOCK = 1024
 
 
+def level_plan(B: int, n: int, device: torch.device, programs: int = None):
+    """Chunks per row for a radix level of a shard ``n`` tokens wide: on a GPU, as many
+    whole LEVEL_BLOCK tiles as fill one wave of ``programs`` (the SM count by default)
+    with B rows; one elsewhere (the interpreter runs programs one after another), unless
+    FUSED_SAMPLER_CHUNKS forces them (as split_plan)."""
+    if os.environ.get(CHUNKS_ENV):
+        return max(1, int(os.environ[CHUNKS_ENV]))
+    if device.type != "cuda" and programs is None:
+        return 1
+    programs = programs or _programs_for(device)
+    return max(1, min(programs // max(B, 1), -(-n // LEVEL_BLOCK)))
+
+
 def radix_level_args(logits: torch.Tensor, n: int, m_raw: torch.Tensor,
                      inv_t: torch.Tensor, shift: int, radix_bits: int, state: torch.Tensor,
                      *, has_k: bool, has_p: bool, kept_lo: torch.Tensor = None,
                      prev: torch.Tensor = None, pk: torch.Tensor = None,
                      p: torch.Tensor = None, first: bool = False, stream: bool = True,
-                     out: torch.Tensor = None):
+                     out: torch.Tensor = None, state_out: torch.Tensor = None,
+                     chunks: int = 1, block: int = None):
     """The launch of _radix_level_kernel (radix_level): (grid, args, constexprs and
     options, the zeroed int64 [H, B, 2^radix_bits] output (``out``, else a new one), or
     None without ``stream``)."""
     B = logits.shape[0]
+    if state_out is None:
+        if chunks > 1 and prev is not None:
+            raise ValueError("chunks > 1 make their choice into a state_out of their own")
+        state_out = state
+    block = block or min(LEVEL_BLOCK, max(triton.next_power_of_2(n), 16))
+    chunk_len = max(-(-n // (chunks * block)), 1) * block
     dummy = state                          # stands in for the pointers a launch never reads
     hist = None
     if stream:
         hist = out if out is not None else torch.zeros(
             int(has_k) + int(has_p), B, 1 << radix_bits, dtype=torch.int64,
             device=logits.device)
-    return (B,), (logits, logits.stride(0), n, m_raw, inv_t, state,
-                  pk if pk is not None else dummy, p if p is not None else dummy,
-                  kept_lo if kept_lo is not None else dummy,
-                  prev if prev is not None else dummy, hist if stream else dummy, B, shift), \
+    return (chunks if stream else 1, B), \
+        (logits, logits.stride(0), n, chunk_len, m_raw, inv_t, state, state_out,
+         pk if pk is not None else dummy, p if p is not None else dummy,
+         kept_lo if kept_lo is not None else dummy, prev if prev is not None else dummy,
+         hist if stream else dummy, B, shift), \
         dict(HAS_K=has_k, HAS_P=has_p, CHOOSE=prev is not None, FIRST=first, STREAM=stream,
-             RADIX_BITS=radix_bits, BLOCK=min(LEVEL_BLOCK, max(triton.next_power_of_2(n), 16)),
-             num_warps=4), hist
+             RADIX_BITS=radix_bits, BLOCK=block, num_warps=4), hist
 
 
 def radix_level(logits: torch.Tensor, n: int, m_raw: torch.Tensor, inv_t: torch.Tensor,
                 shift: int, radix_bits: int, state: torch.Tensor, *, has_k: bool,
                 has_p: bool, kept_lo: torch.Tensor = None, prev: torch.Tensor = None,
                 pk: torch.Tensor = None, p: torch.Tensor = None, first: bool = False,
-                stream: bool = True, out: torch.Tensor = None):
+                stream: bool = True, out: torch.Tensor = None,
+                state_out: torch.Tensor = None, chunks: int = 1, block: int = None):
     """One launch of _radix_level_kernel over a vocabulary shard of ``n`` tokens
     (``logits`` [B, >= n], any float dtype and row stride; the row max ``m_raw``, float32
     [B] contiguous, the whole row's, +-inf for the contract's odd rows; 1/T ``inv_t``,
-    float32 [B] contiguous).
-    With ``prev`` (the previous level's all-reduced histograms) it first extends the
-    rows' prefixes in ``state`` (int64 [B, 4]: top-k's prefix, the tokens it still needs,
-    top-p's prefix, the mass above its bracket; ``pk`` float64 [B], p x K, set from ``p``
-    when ``first``).  Returns this level's int64 [H, B, 2^radix_bits] digit counts
+    float32 [B] contiguous), each row cut into ``chunks`` programs of whole ``block``-wide
+    tiles (level_plan; LEVEL_BLOCK, or less for a narrow shard).  With ``prev`` (the
+    previous level's all-reduced histograms) it first extends the rows' prefixes of
+    ``state`` (int64 [B, 4]: top-k's prefix, the tokens it still needs, top-p's prefix,
+    the mass above its bracket) into ``state_out`` (by default ``state`` itself, which
+    several chunks may not share); ``pk`` float64 [B], p x K, set from ``p`` when
+    ``first``.  Returns this level's int64 [H, B, 2^radix_bits] digit counts
     (``has_k``) and exact masses at or above ``kept_lo`` (``has_p``) under the prefixes
     (added into ``out``, zeroed, where given), or None without ``stream`` (the last
     level's choice alone)."""
-    grid, args, kwargs, hist = radix_level_args(logits, n, m_raw, inv_t, shift, radix_bits,
-                                                state, has_k=has_k, has_p=has_p,
-                                                kept_lo=kept_lo, prev=prev, pk=pk, p=p,
-                                                first=first, stream=stream, out=out)
+    grid, args, kwargs, hist = radix_level_args(
+        logits, n, m_raw, inv_t, shift, radix_bits, state, has_k=has_k, has_p=has_p,
+        kept_lo=kept_lo, prev=prev, pk=pk, p=p, first=first, stream=stream, out=out,
+        state_out=state_out, chunks=chunks, block=block)
     if logits.shape[0]:
         _radix_level_kernel[grid](*args, **kwargs)
     return hist

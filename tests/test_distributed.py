@@ -126,7 +126,9 @@ def _odd_rows(rank, world):
     assert all(torch.equal(t, t1) for t in every)
 
 
-def _worker(rank, world, init_file, backend):
+def _worker(rank, world, init_file, backend, chunks=None):
+    if chunks:                     # the kernel's shard race and radix levels in S chunks
+        os.environ["FUSED_SAMPLER_CHUNKS"] = str(chunks)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world)
     try:
@@ -137,18 +139,20 @@ def _worker(rank, world, init_file, backend):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("world, backend", [(1, "auto"), (3, "auto"), (4, "auto"),
-                                            (2, "reference")])
-def test_every_rank_draws_the_unsharded_token(world, backend):
+@pytest.mark.parametrize("world, backend, chunks", [(1, "auto", None), (3, "auto", 3),
+                                                    (4, "auto", None),
+                                                    (2, "reference", None)])
+def test_every_rank_draws_the_unsharded_token(world, backend, chunks):
     """backend "auto": the kernel's launches (in Triton's interpreter here): the race,
-    the combines, the radix levels; "reference": PyTorch."""
+    the combines, the radix levels (with 3 worlds, each shard cut into 3 chunks);
+    "reference": PyTorch."""
     with tempfile.TemporaryDirectory() as tmp:
         init_file = os.path.join(tmp, "init")
         if world == 1:
             _worker(0, 1, init_file, backend)
         else:
-            mp.start_processes(_worker, args=(world, init_file, backend), nprocs=world,
-                               join=True, start_method="spawn")
+            mp.start_processes(_worker, args=(world, init_file, backend, chunks),
+                               nprocs=world, join=True, start_method="spawn")
 
 
 def test_bad_shards_are_refused_before_any_collective():
@@ -548,7 +552,9 @@ def test_radix_level_kernel_sums_what_the_pytorch_level_sums(dtype):
     to the last bits of exp2 (numpy's in the interpreter, MUFU's on a GPU), at every
     shift, under prefixes taken from the row's own keys, with top-k's floor on the
     masses, over a strided shard with 0.0 and -0.0, NaN, a +inf row, a row with no finite
-    logit and -inf tokens; and an empty shard."""
+    logit and -inf tokens; and an empty shard; each row in one program, and cut into 3
+    chunks of 64-token tiles (the last shorter) or 20 (some empty), whose counts and
+    masses add by atomics."""
     from fused_sampler.kernels import sampler
     g = torch.Generator().manual_seed(7)
     B, n = 6, 700
@@ -576,18 +582,20 @@ def test_radix_level_kernel_sums_what_the_pytorch_level_sums(dtype):
                                  keys[:, 11 % keys.shape[1]] >> up, zeros], dim=1)
             want = fsd._level(keys, real, mass, shift, state, True, True)
 
-            def level(has_k, has_p):
-                return sampler.radix_level(shard, n_real, m_raw[:, 0], inv_t, shift,
-                                           fsd.RADIX_BITS, state, has_k=has_k, has_p=has_p,
-                                           kept_lo=kept_lo)
-            got = level(True, True)
-            where = f"{dtype} width {width} shift {shift}"
-            assert torch.equal(got[0], want[0]), where
-            assert (want[1] > 0).any() or not width, where          # masses were summed
-            torch.testing.assert_close(got[1].double(), want[1].double(), rtol=1e-6,
-                                       atol=n, msg=where)
-            assert torch.equal(level(True, False)[0], got[0]), where
-            assert torch.equal(level(False, True)[0], got[1]), where
+            for chunks, block in ((1, None), (3, 64), (20, 64)):
+                def level(has_k, has_p):
+                    return sampler.radix_level(shard, n_real, m_raw[:, 0], inv_t, shift,
+                                               fsd.RADIX_BITS, state, has_k=has_k,
+                                               has_p=has_p, kept_lo=kept_lo, chunks=chunks,
+                                               block=block)
+                got = level(True, True)
+                where = f"{dtype} width {width} shift {shift} chunks {chunks}"
+                assert torch.equal(got[0], want[0]), where
+                assert (want[1] > 0).any() or not width, where      # masses were summed
+                torch.testing.assert_close(got[1].double(), want[1].double(), rtol=1e-6,
+                                           atol=n, msg=where)
+                assert torch.equal(level(True, False)[0], got[0]), where
+                assert torch.equal(level(False, True)[0], got[1]), where
 
 
 @pytest.mark.parametrize("has_k, has_p", [(True, False), (False, True), (True, True)],
@@ -597,7 +605,8 @@ def test_radix_level_kernel_chooses_the_pytorch_bins(has_k, has_p):
     against the PyTorch twin (fsd._choose), from the same all-reduced histograms: the same
     prefixes, tokens still needed, mass above and p x K, bit for bit; histograms with
     empty bins, the count reached inside a bin and at its edge, pK on a bin's edge, K from
-    the first level."""
+    the first level; in place (one program a row), and made by each of 3 chunks of a row
+    streaming its level, chunk 0 writing it to a state of its own."""
     from fused_sampler.kernels import sampler
     g = torch.Generator().manual_seed(11)
     B, bins = 7, 1 << fsd.RADIX_BITS
@@ -628,4 +637,13 @@ def test_radix_level_kernel_chooses_the_pytorch_bins(has_k, has_p):
                             got_state, has_k=has_k, has_p=has_p, prev=hist, pk=got_pk, p=p,
                             first=first, stream=False)
         assert torch.equal(got_state, want_state), (first, got_state, want_state)
+        assert torch.equal(got_pk, want_pk), first
+        got_pk, got_state, before = pk.clone(), torch.zeros_like(state), state.clone()
+        sampler.radix_level(torch.zeros(B, 48), 48, torch.zeros(B), torch.ones(B), 0,
+                            fsd.RADIX_BITS, state, has_k=has_k, has_p=has_p, prev=hist,
+                            pk=got_pk, p=p, first=first, state_out=got_state, chunks=3,
+                            block=16)
+        assert torch.equal(state, before), first
+        written = [0, 1] * has_k + [2, 3] * has_p
+        assert torch.equal(got_state[:, written], want_state[:, written]), (first, got_state)
         assert torch.equal(got_pk, want_pk), first
