@@ -3345,7 +3345,7 @@ def level_plan(B: int, n: int, device: torch.device, programs: int = None):
         return max(1, int(os.environ[CHUNKS_ENV]))
     if device.type != "cuda" and programs is None:
         return 1
-    programs = programs or _programs_for(device)
+    programs = programs or _programs_for(device) // 2
     return max(1, min(programs // max(B, 1), -(-n // LEVEL_BLOCK)))
 
 
