@@ -2,9 +2,12 @@
 
     python -m tests.fuzz --minutes 30                 # kernel in the interpreter on CPU
     python -m tests.fuzz --minutes 30 --device cuda   # the compiled kernel on a GPU
+    python -m tests.fuzz --minutes 30 --sharded       # fs.distributed's shard kernel (CPU)
 
 Runs rounds of hypothesis examples (fresh random seeds each round, no example database)
-through :func:`tests.test_fuzz.check_call`, over larger batches and vocabularies than CI.
+through :func:`tests.test_fuzz.check_call` (with ``--sharded``, through
+:func:`tests.test_distributed.check_sharded_call`: the calls cut into 1-4 shards at random,
+their chunks' summaries combined), over larger batches and vocabularies than CI.
 A failing round prints hypothesis's falsifying example and its reproduction seed, and
 the campaign goes on; the summary line (and ``--out`` JSON) says how many cases ran and
 how many failed.  docs/reliability.md records the campaigns run so far.
@@ -27,7 +30,12 @@ def _parse(argv):
     ap.add_argument("--max-batch", type=int, default=6)
     ap.add_argument("--shrink", action="store_true", help="shrink failures (slow on CPU)")
     ap.add_argument("--out", help="write the summary as JSON here")
-    return ap.parse_args(argv)
+    ap.add_argument("--sharded", action="store_true",
+                    help="fs.distributed's shard kernel and combines (CPU only)")
+    args = ap.parse_args(argv)
+    if args.sharded and args.device != "cpu":
+        ap.error("--sharded runs on the CPU (its shards are CPU tensors)")
+    return args
 
 
 def main(argv=None):
@@ -39,6 +47,11 @@ def main(argv=None):
     from hypothesis import seed as hypothesis_seed
 
     from tests import test_fuzz
+    shardings = {}
+    if args.sharded:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # its `import test_fuzz`
+        from tests import test_distributed
+        shardings = test_distributed.SHARDINGS
 
     vocabs = test_fuzz.VOCABS + [255, 256, 257, 1000, 4097, 8191]
     phases = [Phase.generate] + ([Phase.shrink] if args.shrink else [])
@@ -65,11 +78,14 @@ def main(argv=None):
         @hypothesis_seed(args.seed * 1_000_003 + r)
         @settings(max_examples=args.round, deadline=None, database=None, phases=phases,
                   suppress_health_check=list(HealthCheck), print_blob=True)
-        @given(test_fuzz.calls(vocabs=vocabs, max_batch=args.max_batch))
-        def one_round(call):
+        @given(call=test_fuzz.calls(vocabs=vocabs, max_batch=args.max_batch), **shardings)
+        def one_round(call, **sharding):
             nonlocal cases
             cases += 1
-            test_fuzz.check_call(on_device(call))
+            if args.sharded:
+                test_distributed.check_sharded_call(call, **sharding)
+            else:
+                test_fuzz.check_call(on_device(call))
 
         try:
             one_round()

@@ -396,19 +396,18 @@ def test_shard_chunk_summaries_combine_to_the_unsharded_token(noise_test, V, wor
             torch.testing.assert_close(logp.float(), want_logp, rtol=1e-5, atol=1e-5)
 
 
-@settings(max_examples=25, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(call=test_fuzz.calls(vocabs=[1, 2, 3, 7, 16, 17, 64, 129], max_batch=4),
-       world=st.integers(1, 4), cut_seed=st.integers(0, 2 ** 20),
-       chunks=st.integers(1, 4), block=st.sampled_from([16, 32]),
-       logprobs=st.booleans())
-def test_shard_kernel_agrees_with_the_reference_on_fuzzed_calls(call, world, cut_seed, chunks,
-                                                               block, logprobs):
-    """The fuzz campaign's calls (odd values, layouts, dtypes, every temperature edge,
-    per-row tensors with out-of-range values), sharded at random cuts through the
-    kernel's shard summaries (in the interpreter, one rank after another; a filtered
-    call's race over the kept tokens of the whole rows' bounds), combined by the kernel
-    and by PyTorch: the reference's tokens, and where finite its log-probs."""
+SHARDINGS = dict(world=st.integers(1, 4), cut_seed=st.integers(0, 2 ** 20),
+                 chunks=st.integers(1, 4), block=st.sampled_from([16, 32]),
+                 logprobs=st.booleans())
+
+
+def check_sharded_call(call, world, cut_seed, chunks, block, logprobs):
+    """A fuzzed call (tests.test_fuzz.calls) sharded over ``world`` ranks at random cuts
+    through the kernel's shard summaries (in the interpreter, one rank after another,
+    each shard in ``chunks`` chunks of ``block``-token tiles; a filtered call's race over
+    the kept tokens of the whole rows' bounds), combined by the kernel and by PyTorch:
+    the reference's tokens, and where finite its log-probs.  Also the long campaign's
+    (``python -m tests.fuzz --sharded``)."""
     from fused_sampler.kernels import sampler
     x, params, _ = call
     B, V = x.shape
@@ -434,6 +433,16 @@ def test_shard_kernel_agrees_with_the_reference_on_fuzzed_calls(call, world, cut
         if logprobs:
             torch.testing.assert_close(logp.float()[finite], want_logp[finite], rtol=1e-5,
                                        atol=1e-5)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(call=test_fuzz.calls(vocabs=[1, 2, 3, 7, 16, 17, 64, 129], max_batch=4), **SHARDINGS)
+def test_shard_kernel_agrees_with_the_reference_on_fuzzed_calls(call, world, cut_seed, chunks,
+                                                               block, logprobs):
+    """The fuzz campaign's calls (odd values, layouts, dtypes, every temperature edge,
+    per-row tensors with out-of-range values) through check_sharded_call."""
+    check_sharded_call(call, world, cut_seed, chunks, block, logprobs)
 
 
 @settings(max_examples=20, deadline=None, derandomize=True,
