@@ -1295,11 +1295,14 @@ def _race_range(row_ptr, lo, V, seed, off_lo, off_hi, inv_t, x_lo, kept_lo,
     anchor = tl.max(x0, 0)
     anchor = tl.where(tl.abs(anchor) < FLT_MAX, anchor, 0.0)
     c2 = _c2(inv_t)
-    ub_v, m_v, z_v = _race_pass(row_ptr, lo, V, seed, off_lo, off_hi, inv_t,
-                                BIAS_2_32 - anchor * inv_t, c2, x_lo, LOGPROBS, NOISE_TEST,
-                                BLOCK, KEPT)
-    # a lane poisoned by a NaN bound (_race_step) proves nothing: max reductions skip NaN
-    ub = tl.where(tl.max((ub_v != ub_v).to(tl.int32), 0) != 0, POS_INF, tl.max(ub_v, 0))
+    bias = BIAS_2_32 - anchor * inv_t
+    ub_v, m_v, z_v = _race_pass(row_ptr, lo, V, seed, off_lo, off_hi, inv_t, bias, c2, x_lo,
+                                LOGPROBS, NOISE_TEST, BLOCK, KEPT)
+    # a lane poisoned by a NaN bound (_race_step) proves nothing: max reductions skip NaN;
+    # nor do bounds under a bias overflowed to -inf (|anchor / T| past float32: every bound
+    # -inf, which would read as "no finite token" to the callers)
+    ub = tl.where((tl.max((ub_v != ub_v).to(tl.int32), 0) != 0) | (bias == NEG_INF),
+                  POS_INF, tl.max(ub_v, 0))
     token = tl.full([], 0, tl.int32)
     x_tok = tl.full([], NEG_INF, tl.float32)
     proved = tl.full([], False, tl.int1)

@@ -438,3 +438,13 @@ def test_a_subnormal_temperature_acts_as_the_smallest_normal_one():
                 assert torch.equal(fs.sample(rows, temperature=t, seed=seed, **params),
                                    reference.sample(rows, temperature=t, seed=seed,
                                                     **params)), (t, seed, params)
+    # a split row whose second chunk's bias overflows (5 / 2^-126) and whose first's does
+    # not (0.1 / 2^-126): the overflowed chunk's bounds, all -inf, read as "no finite
+    # logit" and the first chunk's winner won (the sharded race's empty chunk, too)
+    row = torch.cat([0.1 + torch.arange(16) * 1e-3, 5.0 - torch.arange(16) * 1e-3])[None]
+    for seed in range(3):
+        a = _args.check(row, 1e-40, None, None, None, "top_k_first", seed=seed,
+                        validate=False)
+        tokens = sampler.launch(a, False, chunks=2, block=16)[0]
+        want = reference.sample(row, temperature=1e-40, seed=seed)
+        assert want.tolist() == [16] and torch.equal(tokens, want), (seed, tokens)
