@@ -235,7 +235,7 @@ def _bounds(a, real, n, vocab_size, group, validate):
     summary = torch.stack([m_local.float(), nan.float(), (m_local == float("inf")).float()],
                           dim=1)
     dist.all_reduce(summary, op=dist.ReduceOp.MAX, group=group)
-    m_raw = summary[:, 0:1]
+    m_raw = summary[:, 0:1].contiguous()     # (its [:, 0] goes to the kernels as is)
     if validate and not _args.capturing(logits):
         _args.raise_bad_rows("logits", summary[:, 1] > 0, "contain NaN")
         _args.raise_bad_rows("logits", summary[:, 2] > 0, "contain +inf")

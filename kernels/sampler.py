@@ -3439,7 +3439,8 @@ def shard_kernel_args(a, start: int, n: int, chunks: int, *, return_logprobs: bo
             seed_val, off_ptr, off_val, kept_lo.contiguous(), m_raw.contiguous(),
             log_mp.contiguous() if log_mp is not None else dummy, parts)
     consts = dict(TEMP_T=temp_t, SEED_T=seed_t, OFFSET_T=off_t, LOGPROBS=return_logprobs,
-                  KEPT=kept is not None, MIN_P=log_mp is not None, BLOCK=block, RARE_BLOCK=min(RARE_TILE, block), NOISE_TEST=noise_test,
+                  KEPT=kept is not None, MIN_P=log_mp is not None, BLOCK=block,
+                  RARE_BLOCK=min(RARE_TILE, block), NOISE_TEST=noise_test,
                   num_warps=max(4, min(16, block // 256)), enable_fp_fusion=False)
     return (chunks + 1, B), args, consts, parts
 

@@ -56,7 +56,7 @@ def compile_call(a, probs_mode, arch, ptxas_log=False, **launch):
     Returns the compiled kernel, or (kernel, ptxas's -v report) with ``ptxas_log``: the
     registers, stack frame and spill bytes (a driverless compile has no other source of
     them)."""
-    if launch.get("shard"):         # a vocabulary shard's chunk summaries
+    if launch.get("shard"):           # a vocabulary shard's chunk summaries
         start = launch["shard"] if launch["shard"] is not True else 130   # a head too
         B = a.logits.shape[0]             # kept: a filtered call's race, min-p's bound too
         kept = (torch.zeros(B, dtype=torch.int64), torch.zeros(B), torch.zeros(B)) \
