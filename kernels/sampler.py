@@ -2138,6 +2138,52 @@ def _combine_race(parts_row, n_chunks, inv_t, seed, off_lo, off_hi):
 
 
 @_device
+def _max_part(parts_row, n_chunks, slot):
+    """The largest of the chunks' int64 summaries in ``slot`` (non-negative)."""
+    best = tl.full([], 0, tl.int64)
+    for c0 in range(0, n_chunks, PARTS_AT_ONCE):
+        c = c0 + tl.arange(0, PARTS_AT_ONCE)
+        best = tl.maximum(best, tl.max(_part(parts_row, c, c < n_chunks, slot), 0))
+    return best
+
+
+@_device
+def _one_launch_row(lane, k, p_on, n_chunks, JOINT_TOP_P: tl.constexpr, CHUNK: tl.constexpr,
+                    CAP: tl.constexpr):
+    """Whether a split lane row (_lane_row) finishes in its first launch, no collect
+    launch: each chunk gathers its own top-k candidates right after its pass 1, the keys
+    >= t_c, the k-th largest of the chunk's group maxima (at least k tokens of the row lie
+    at or above it, so the row's k-th largest logit, and every kept key, is >= the
+    largest t_c: the last program settles on the scratch with bracket [max t_c, the
+    max's key], as _lane_bracket).  At least k candidates a chunk, a few more where top
+    tokens share a group: only while S x k fit twice the scratch stage's registers
+    (CHUNK), which _top_k_of_scratch then narrows to the top-k set, and half the scratch
+    (more would send the row the histogram way, two reads more).  Not for top-p in the
+    joint order, whose normaliser Z is the whole row's exact mass, which needs the row's
+    max before the read (top-k first normalises over the top-k set, in the scratch)."""
+    one = lane & (k * n_chunks <= min(2 * CHUNK, CAP // 2))
+    if JOINT_TOP_P:
+        one = one & ~p_on
+    return one
+
+
+@_device
+def _top_k_of_scratch(scratch_row, n, k, CHUNK: tl.constexpr):
+    """Narrows a scratch of n entries (CHUNK < n <= 2 x CHUNK, k <= n) to those whose key
+    is at least its k-th largest, moved to its front, so that the scratch stage holds
+    them in registers.  Returns (that key, their count)."""
+    pos = tl.arange(0, 2 * CHUNK)
+    entry = tl.load(scratch_row + pos, mask=pos < n, other=0, cache_modifier=".cg")
+    key = ((entry >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    t = _kth_key(key, k)
+    keep = (pos < n) & (key >= t)
+    tl.debug_barrier()          # every entry is read before any moves
+    tl.store(scratch_row + tl.cumsum(keep.to(tl.int32), 0) - 1, entry, mask=keep)
+    tl.debug_barrier()
+    return t, tl.sum(keep.to(tl.int32), 0)
+
+
+@_device
 def _combine_max_and_z(parts_row, n_chunks, c2):
     """The row's max and normaliser (float64, in units of the max's weight) from the
     chunks' (max, normaliser relative to it): of pass 1, or of the race's log-probs."""
@@ -2216,15 +2262,18 @@ def _split_kernel(
     A filtered row it searches (any count refine runs there, alone: rare), or for a lane
     row takes the k-th largest group max, and leaves for PHASE 3, unless its candidates
     outnumber the scratch (then it finishes the row alone, as _sample_row would); a
-    top-p-alone row, when BINS_LAUNCH, it leaves for PHASE 2 before searching.
+    top-p-alone row, when BINS_LAUNCH, it leaves for PHASE 2 before searching.  A lane
+    row with a small top-k (_one_launch_row) ends here: each chunk collects its own
+    candidates after its pass 1, and the last settles the row on them.
     PHASE 2 (calls where rows may have top-p alone): those rows' chunks sum the exact
     masses of pass 1's bins (integer atomics), which top-p alone's search takes next
     (docs/design.md, "Top-p alone"); the last to arrive searches, as in PHASE 1.
-    PHASE 3 (calls with filters): the chunks of the rows left waiting collect their
-    candidates into the row's scratch (slots by an atomic count) and sum the exact
-    normaliser (integer atomics); the last to arrive settles the thresholds and races in
-    the scratch, as _sample_row does (a lane row whose candidates outnumber the scratch
-    goes the histogram way there, alone: _filtered_row).
+    PHASE 3 (filtered calls but those collect_launch spares): the chunks of the rows
+    left waiting collect their candidates into the row's scratch (slots by an atomic
+    count) and sum the exact normaliser (integer atomics); the last to arrive settles the
+    thresholds and races in the scratch, as _sample_row does (a lane row whose
+    candidates outnumber the scratch goes the histogram way there, alone:
+    _filtered_row).
 
     Per row, zero at launch from hist_at on: B's bin masses (when HAS_TOP_P), three
     histograms, the collect's words (a lane row's group maxima in PHASE 1), then 8 int32:
@@ -2258,14 +2307,17 @@ def _split_kernel(
                     TOPK_T, TOPP_T, MINP_T, SEED_T, OFFSET_T, HAS_TOP_K, HAS_TOP_P, HAS_MIN_P)
     c2 = _c2(inv_t)
     lane = greedy & ~greedy
+    one = lane
     if LANE:
         lane = _lane_row(k, k_on, LANE_K)
+        one = _one_launch_row(lane, k, p_on, n_chunks, JOINT and HAS_TOP_P, CHUNK, CAP)
     # a lane row's group maxima (keys), combined over the chunks in the collect's words
     group_keys = (hist_row + 3 * NB).to(tl.pointer_type(tl.uint32)) + \
         tl.arange(0, BLOCK // 4)
+    words = words_ptr + (row * n_chunks + chunk) * BLOCK   # this program's collect words
 
     if PHASE == 1:
-        # ---- this chunk's one read
+        # ---- this chunk's read (a small top-k's chunk then collects from it too)
         if greedy:
             m_c, i_c = _greedy_pass(row_ptr, lo, hi, BLOCK)
             _put(part, 0, i_c)
@@ -2286,7 +2338,14 @@ def _split_kernel(
             m_c, z_c, m_v = _pass_one(row_ptr, lo, hi, inv_t, hist_row, lane,
                                       HAS_TOP_K or HAS_TOP_P, LANE, BIN_BITS, BLOCK, True)
             if LANE:
-                if lane:
+                if one:     # this chunk's own top-k candidates, now (_one_launch_row)
+                    t_c = _kth_key(_key(m_v), k).to(tl.int64)
+                    _collect_pass(row_ptr, lo, hi, m_c, inv_t,
+                                  tl.maximum(t_c, KEY_NEG_INF + 1), KEY_NONE, KEY_NONE, 0,
+                                  False, 0, 0, scratch_row, tail + 2, words, False, True, CAP,
+                                  CHUNK, BLOCK)
+                    _put(part, 0, t_c)
+                elif lane:
                     tl.atomic_max(group_keys, _key(m_v), sem="relaxed")
             _put(part, 2, m_c)
             _put(part, 3, z_c)
@@ -2339,6 +2398,27 @@ def _split_kernel(
                         _put(st, 30, m)
                         _put(st, 31, z)
                         tl.store(tail + 7, 1)
+                    elif one:        # the chunks gathered the candidates: settle now
+                        n = tl.load(tail + 2, cache_modifier=".cg")
+                        t = _max_part(parts_row, n_chunks, 0)
+                        if (n > CHUNK) & (n <= min(2 * CHUNK, CAP)):
+                            t_k, n = _top_k_of_scratch(scratch_row, n, k, CHUNK)
+                            t = t_k.to(tl.int64)
+                        _put(st, 30, m)
+                        cand_lo = _lane_bracket(st, t, m, k, k_on, p, p_on,
+                                                _min_p_floor(m, inv_t, m_on, log_mp), seed,
+                                                offset)
+                        token, kept_lo, kept_mass, passes, fallbacks, unused = _filtered_row(
+                            row_ptr, V, m, tl.full([], 0.0, tl.float64), V, inv_t, k, k_on,
+                            p, p_on, m_on, log_mp, seed, offset, scratch_row, binmass_row,
+                            hist_row, words, lane, cand_lo.to(tl.uint32), n,
+                            tl.full([], 0, tl.int64), ~lane, tl.full([], 2, tl.int32), lane,
+                            HAS_TOP_K, HAS_TOP_P, JOINT, False, LOGPROBS, LANE_K, True, BLOCK,
+                            BIN_BITS, CAP, CHUNK, RARE_BLOCK, MAX_PASSES, NOISE_TEST)
+                        _finish_filtered(row_ptr, V, row, m, inv_t, token, kept_lo, kept_mass,
+                                         greedy, passes, fallbacks, tokens_ptr, logprobs_ptr,
+                                         logprobs_ptr, stats_row, False, LOGPROBS, STATS,
+                                         BLOCK)
                     elif lane:       # the candidates are the keys >= t: no search
                         t = _kth_key(tl.load(group_keys, cache_modifier=".cg"), k)
                         _put(st, 30, m)
@@ -2374,7 +2454,6 @@ def _split_kernel(
         if verdict > 0:
             # ---- this chunk's share of the collect pass
             m = _get_f32(st, 30)
-            words = words_ptr + (row * n_chunks + chunk) * BLOCK
             n_c, z_c, unused_a, unused_b = _collect_pass(
                 row_ptr, lo, hi, m, inv_t, _get_i(st, 31), KEY_NONE, KEY_NONE, 0,
                 _need_z(st, HAS_TOP_P, TOP_K_FIRST), 0, 0, scratch_row, tail + 2, words, False,
@@ -3292,6 +3371,19 @@ def split_kernel_args(a, chunks: int, *, return_logprobs: bool = True, block: in
     return (chunks, B), args, consts, (tokens, logprobs, dummy, stats_out)
 
 
+def collect_launch(a, chunks: int, consts: dict) -> bool:
+    """Whether a split call needs its collect launch (PHASE 3): every filtered call but
+    one whose scalar top-k every row settles in launch 1 (_one_launch_row)."""
+    if not (consts["HAS_TOP_K"] or consts["HAS_TOP_P"] or consts["HAS_MIN_P"]):
+        return False
+    k = a.top_k
+    if not consts["HAS_TOP_K"] or isinstance(k, torch.Tensor) or \
+            not 0 < k < a.logits.shape[1] or (consts["JOINT"] and consts["HAS_TOP_P"]):
+        return True
+    return not (k <= consts["LANE_K"] and
+                k * chunks <= min(2 * consts["CHUNK"], consts["CAP"] // 2))
+
+
 def launch(a, probs_mode: bool, *, return_logprobs: bool = True, stats: bool = False,
            chunks: int = None, **sizes):
     """Run the kernel on a checked call (arguments as in :func:`kernel_args`; ``chunks``
@@ -3318,7 +3410,7 @@ def launch(a, probs_mode: bool, *, return_logprobs: bool = True, stats: bool = F
         _split_kernel[grid](*args, **kwargs)
         if kwargs["BINS_LAUNCH"]:
             _split_kernel[grid](*args, **dict(kwargs, PHASE=2))  # top-p alone's bin masses
-        if kwargs["HAS_TOP_K"] or kwargs["HAS_TOP_P"] or kwargs["HAS_MIN_P"]:
+        if collect_launch(a, plan[0], kwargs):
             _split_kernel[grid](*args, **dict(kwargs, PHASE=3))  # the collect pass
     return (tokens, logprobs if return_logprobs else None, probs if probs_mode else None,
             stats_out[:, 0] if stats else None, stats_out[:, 1] if stats else None)

@@ -417,28 +417,36 @@ def estimate(gpu, B, V, itemsize, passes, registers, warps, block, launch_progra
 # top-k's histogram levels and the race's cheap keys read no memory), top-p's levels at
 # about three, each with atomics read back 2, the race's exact keys 1, the token's
 # logit 1: 11; 18 while each of those loops read the scratch again; launch 1 of a top-k
-# row from group maxima, no search: the chunks' summaries, the group maxima, the stash: 3).
+# row from group maxima, no search: the chunks' summaries, the group maxima, the stash: 3;
+# such a row settled in that launch (sampler._one_launch_row: each chunk collects its own
+# candidates after its pass 1), the chunks' summaries 1 and the collect's 11: 12; 14 where
+# S x k candidates outnumber CHUNK, narrowed to the top-k set first: their keys, then the
+# move and the reload).
 LAUNCH_S = 2.0e-6
 MEMSET_S = 1.0e-6
-TAIL_TRIPS = {"race": 4, "first": 8, "first (lane)": 3, "bin masses": 8, "collect": 11}
+TAIL_TRIPS = {"race": 4, "first": 8, "first (lane)": 3, "bin masses": 8, "collect": 11,
+              "one launch": 12, "one launch, narrowed": 14}
 
 
 def estimate_split(gpu, B, V, itemsize, launches, registers, warps, block, chunks):
     """Seconds for one call whose rows are split into ``chunks`` chunks of whole tiles
     (``split_plan``): per launch, the programs' waves, each streaming its chunk's tiles
-    (a round trip plus issue time per tile, as in ``estimate``), then the last program's
-    round trips (TAIL_TRIPS) and the launch itself; plus the memset.  ``launches`` is
-    [(stream, instructions per element)], one per launch.  The HBM floor bounds it too."""
+    once per pass (a round trip plus issue time per tile, as in ``estimate``; a second
+    pass over a chunk just read is charged as if from HBM), then the last program's round
+    trips (TAIL_TRIPS) and the launch itself; plus the memset.  ``launches`` is
+    [(TAIL_TRIPS key, [instructions per element of each pass])], one per launch.  The
+    HBM floor, a read of the row per pass, bounds it too."""
     occupancy = max(1, min(65536 // (max(registers, 1) * 32 * warps), 64 // warps))
     programs = chunks * B
     resident = min(math.ceil(programs / gpu.sms), occupancy)
     waves = math.ceil(programs / (gpu.sms * resident))
     tiles = math.ceil(math.ceil(V / block) / chunks)
     t = MEMSET_S
-    for stream, ipe in launches:
-        tile = gpu.latency_s + block * ipe / (gpu.issue_per_sm / resident)
-        t += LAUNCH_S + waves * tiles * tile + (1 + TAIL_TRIPS[stream]) * gpu.latency_s
-    hbm = B * len(launches) * V * itemsize / gpu.hbm_bytes_s
+    for tail, passes in launches:
+        for ipe in passes:
+            t += waves * tiles * (gpu.latency_s + block * ipe / (gpu.issue_per_sm / resident))
+        t += LAUNCH_S + (1 + TAIL_TRIPS[tail]) * gpu.latency_s
+    hbm = B * sum(len(p) for _, p in launches) * V * itemsize / gpu.hbm_bytes_s
     return max(t, hbm)
 
 
@@ -545,8 +553,9 @@ def split_table(results, gpu, batches=(1, 8, 64)):
         later = [x for x in later if x is not None]
         if whole is None or (filtered and not later):
             continue
-        launches = [(x["typical"][0], per_pass(x)[x["typical"][0]]) for x in [r] + later]
+        launches = [(x["typical"][0], [per_pass(x)[x["typical"][0]]]) for x in [r] + later]
         registers = max(x["registers"] for x in [r] + later)
+        spec = next(s for s in SPECS if s.name == r["spec"])
         passes = [per_pass(whole)[p] for p in whole["typical"]]
         cells = []
         for B in batches:
@@ -559,9 +568,19 @@ def split_table(results, gpu, batches=(1, 8, 64)):
                 cells.append(f"{one * 1e6:.0f} | (no split)")
                 continue
             chunks, block = plan
-            t = estimate_split(gpu, B, V_REPORT, r["itemsize"], launches, registers,
+            called = launches
+            if filtered:
+                a = call_for(spec, 1)
+                kwargs = sampler.split_kernel_args(a, chunks, block=block)[2]
+                if not sampler.collect_launch(a, chunks, kwargs):  # settled in launch 1
+                    tail = "one launch, narrowed" if a.top_k * chunks > kwargs["CHUNK"] \
+                        else "one launch"
+                    called = [(tail, [per_pass(r)[p] for p in ("first (lane)", "collect")])]
+            t = estimate_split(gpu, B, V_REPORT, r["itemsize"], called,
+                               registers if called is launches else r["registers"],
                                max(4, min(16, block // 256)), block, chunks)
-            cells.append(f"{one * 1e6:.0f} | {t * 1e6:.1f} ({chunks} x {block})")
+            cells.append(f"{one * 1e6:.0f} | {t * 1e6:.1f} ({chunks} x {block}"
+                         f"{', 1 launch' if filtered and called is not launches else ''})")
         out.append(f"| {name} | " + " | ".join(cells) + " |")
     return out
 

@@ -72,7 +72,7 @@ def test_every_row_kind_in_one_launch(chunks):
     assert_split_matches(a, chunks)
 
 
-@pytest.mark.parametrize("case", ["greedy", "plain", "top_k_top_p"])
+@pytest.mark.parametrize("case", ["greedy", "plain", "top_k_top_p", "small_top_k"])
 def test_ties_and_odd_rows_across_chunk_boundaries(case):
     # chunks of 128: equal maxima in chunks 0 and 2 (greedy takes the first), a NaN,
     # -inf chunks, a row of one value, a row with +inf, a row with no finite logit
@@ -84,8 +84,79 @@ def test_ties_and_odd_rows_across_chunk_boundaries(case):
     x[3, 520] = float("inf")
     x[4] = float("-inf")
     x[5, 128:] = float("-inf")
-    a = call(x, **CASES[case])
-    assert_split_matches(a, 5, dict(block=64, bin_bits=4, cap=16))
+    # a top-k of 3 settles in launch 1 (5 x 3 candidates, CHUNK 16); the row of one value
+    # gathers whole chunks, more than the scratch: the histogram way, in that launch
+    params = dict(temperature=0.8, top_k=3, top_p=0.9) if case == "small_top_k" \
+        else CASES[case]
+    a = call(x, **params)
+    cfg = dict(block=64, bin_bits=4, cap=64 if case == "small_top_k" else 16)
+    assert collect_launch(a, 5, cfg) == (case == "top_k_top_p")
+    assert_split_matches(a, 5, cfg)
+
+
+# A top-k small enough that S x k candidates fit twice the scratch stage's registers
+# (CHUNK: 256 here; lane_k 32) and half the scratch (1024) settles in launch 1: each
+# chunk gathers its own candidates after its pass 1 (_one_launch_row), and the call
+# skips the collect launch
+ONE = dict(block=256, bin_bits=5, cap=1024)
+ONE_CASES = {
+    "top_k": dict(top_k=4),
+    "top_k_top_p": dict(temperature=0.7, top_k=4, top_p=0.9),
+    "all": dict(temperature=0.9, top_k=3, top_p=0.95, min_p=0.02),
+    "joint_no_top_p": dict(temperature=1.3, top_k=4, min_p=0.05, order="joint"),
+}
+
+
+def collect_launch(a, chunks, cfg):
+    kwargs = sampler.split_kernel_args(a, chunks, **cfg)[2]
+    return sampler.collect_launch(a, chunks, kwargs)
+
+
+@pytest.mark.parametrize("case, chunks", [(c, s) for c in ONE_CASES for s in CHUNKS],
+                         ids=[f"{c}-S{s}" for c in ONE_CASES for s in CHUNKS])
+def test_a_small_top_k_settles_in_the_first_launch(case, chunks):
+    # V = 600 in tiles of 256: S = 2 cuts 512 + 88, S = 3 and 7 leave chunks empty, S = 64
+    # (64 x 4 = CHUNK) 61 of them; every row's token and reads as one program per row's
+    a = call(llm_like(3, 600, seed=len(case) + chunks), **ONE_CASES[case])
+    assert not collect_launch(a, chunks, ONE)
+    assert_split_matches(a, chunks, ONE)
+
+
+def test_rows_past_the_first_launch_still_collect():
+    # S x k over CHUNK, or top-p in the joint order (its Z is the whole row's), launch
+    # the collect; a per-row top-k mixes rows that settle in launch 1 and rows that wait
+    x = llm_like(3, 600, seed=8)
+    assert collect_launch(call(x, top_k=9), 64, ONE)
+    assert not collect_launch(call(x, top_k=8), 64, ONE)
+    assert not collect_launch(call(x, top_k=32), 7, ONE)
+    assert collect_launch(call(x, top_k=33), 7, ONE)        # past lane_k
+    assert collect_launch(call(x, top_k=4, top_p=0.9, order="joint"), 2, ONE)
+    assert collect_launch(call(x, top_k=torch.tensor([4, 4, 4])), 2, ONE)
+    a = call(x, temperature=0.8, top_k=torch.tensor([4, 40, 0]),
+             top_p=torch.tensor([0.9, 0.9, 1.0], dtype=torch.float64),
+             min_p=torch.tensor([0.0, 0.0, 0.05]))
+    assert_split_matches(a, 7, ONE)
+    # 17 chunks of one tile: 17 x 31 candidates, more than 512 (test_kernel.py's
+    # group-maxima test sees the reads of a row that takes launch 1 regardless)
+    wide = call(llm_like(1, 17 * 256, seed=9), top_k=31)
+    assert collect_launch(wide, 17, ONE)
+    assert_split_matches(wide, 17, ONE)
+
+
+@pytest.mark.parametrize("params", [dict(top_k=30), dict(temperature=0.6, top_k=28, top_p=0.8),
+                                    dict(temperature=0.9, top_k=30, top_p=0.95, min_p=0.01)],
+                         ids=["top_k", "top_k_top_p", "all"])
+def test_more_chunk_candidates_than_the_registers_hold(params):
+    # 9 chunks of one tile, some 30 candidates each: more than CHUNK (256), so the last
+    # program keeps the top-k set alone (_top_k_of_scratch) before the scratch stage;
+    # ties at the k-th key (row 1) are all kept
+    x = llm_like(2, 9 * 256, seed=10)
+    top = x[1].topk(40).values
+    x[1, torch.isin(x[1], top[25:35])] = top[29]
+    a = call(x, **params)
+    assert not collect_launch(a, 9, ONE)
+    assert_split_matches(a, 9, ONE)
+    assert_split_matches(call(x, top_k=4, top_p=0.9, order="joint"), 2, ONE)
 
 
 def test_top_p_alone_sums_its_bin_masses_in_a_launch_of_their_own():
