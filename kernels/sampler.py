@@ -66,6 +66,7 @@ KEY_TOP = tl.constexpr(0xFFFFFFFF)       # above every key: "no token" as a lowe
 KEY_NONE = tl.constexpr(1 << 33)         # above every key, in the int64 search
 NO_TOKEN = tl.constexpr(2 ** 31 - 1)     # "no index" in a min-reduction
 RACE_LANES = tl.constexpr(4)             # lanes whose tokens get exact keys in a race
+SMALL_TOP_P = tl.constexpr(64)           # top-p by pairs up to this many candidates
 
 # Philox-4x32-10 (Salmon et al. 2011), the stream of triton.language.philox.
 PHILOX_ROUND_A = tl.constexpr(0xD2511F53)
@@ -1124,6 +1125,25 @@ def _scratch_top_p(scratch_row, binmass_row, n, held, m, inv_t, b_lo, b_hi,
 
 
 @_device
+def _small_top_p(scratch_row, n, m, inv_t, b_lo, b_hi, mass_above_b, pk,
+                 SMALL: tl.constexpr):
+    """_scratch_top_p's threshold key for a scratch of at most SMALL entries, without its
+    levels (each a memory round trip): every entry's exact mass strictly above it, summed
+    over all pairs in registers, is compared with ``pk`` as _top_p_window compares a
+    single key's (the same fixed-point integers, exact in float64).  The lowest key of
+    bracket B kept is the threshold (b_hi + 1 when none is): the scratch holds every key
+    of the bracket, so no token lies between it and _scratch_top_p's."""
+    pos = tl.arange(0, SMALL)
+    entry = tl.load(scratch_row + pos, mask=pos < n, other=0)
+    key = (entry >> 32) & 0xFFFFFFFF
+    inside = (pos < n) & (key >= b_lo) & (key <= b_hi)
+    mass = tl.where(inside, _term(_unkey(tl.maximum(key, 0)), m, inv_t), 0)
+    above = tl.sum(tl.where(key[None, :] > key[:, None], mass[None, :], 0), 1)
+    kept = inside & (mass_above_b + above.to(tl.float64) < pk)
+    return tl.min(tl.where(kept, key, b_hi + 1), 0)
+
+
+@_device
 def _scratch_race(scratch_row, n, held, anchor, inv_t, kept_lo, seed, off_lo, off_hi,
                   NOISE_TEST: tl.constexpr, BLOCK: tl.constexpr):
     """The cheap race over the scratch's kept entries (key >= kept_lo), BLOCK (the
@@ -1964,6 +1984,10 @@ def _after_collect(row_ptr, V, m, inv_t, n, zc, dense, passes, scratch_row, binm
     scratch: the exact thresholds, the race over the kept tokens and their mass.  Returns
     (token, kept_lo, exact kept mass, passes, fallbacks)."""
     TOP_K_FIRST: tl.constexpr = HAS_TOP_K and not JOINT
+    # top-p over at most this many entries by pairs (_small_top_p): 8 pairs a thread;
+    # filtered_probs keeps the levels (by pairs its write pass spilled 56 B, Triton 3.9)
+    SMALL_P: tl.constexpr = 1 if PROBS else \
+        (SMALL_TOP_P if BLOCK >= 4096 else SMALL_TOP_P // 4)
     st = scratch_row + CAP
     no = dense & ~dense
     s_a = tl.full([], 0.0, tl.float64)          # exact mass at or above from_a
@@ -2006,10 +2030,14 @@ def _after_collect(row_ptr, V, m, inv_t, n, zc, dense, passes, scratch_row, binm
         k_norm = z_exact
         if TOP_K_FIRST:
             k_norm = tl.where(k_on, s_a, z_exact)
-        theta_p = _scratch_top_p(scratch_row, binmass_row, n, held, m, inv_t, b_lo, b_hi,
-                                 s_b, b_above, p * k_norm,
-                                 tl.maximum(key_mp, tl.where(k_on, theta_k, 0)), BIN_BITS,
-                                 CHUNK)
+        if n <= SMALL_P:
+            theta_p = _small_top_p(scratch_row, n, m, inv_t, b_lo, b_hi, s_b, p * k_norm,
+                                   SMALL_P)
+        else:
+            theta_p = _scratch_top_p(scratch_row, binmass_row, n, held, m, inv_t, b_lo,
+                                     b_hi, s_b, b_above, p * k_norm,
+                                     tl.maximum(key_mp, tl.where(k_on, theta_k, 0)),
+                                     BIN_BITS, CHUNK)
     kept_lo = tl.maximum(tl.maximum(tl.where(k_on, theta_k, 0), tl.where(p_on, theta_p, 0)),
                          key_mp)
     off_lo, off_hi = _offset_halves(offset)
@@ -2168,15 +2196,18 @@ def _one_launch_row(lane, k, p_on, n_chunks, JOINT_TOP_P: tl.constexpr, CHUNK: t
 
 
 @_device
-def _top_k_of_scratch(scratch_row, n, k, CHUNK: tl.constexpr):
-    """Narrows a scratch of n entries (CHUNK < n <= 2 x CHUNK, k <= n) to those whose key
-    is at least its k-th largest, moved to its front, so that the scratch stage holds
-    them in registers.  Returns (that key, their count)."""
+def _top_k_of_scratch(scratch_row, n, k, lo, hi, BIN_BITS: tl.constexpr,
+                      CHUNK: tl.constexpr):
+    """Narrows a scratch of n <= 2 x CHUNK entries, which holds every key in [lo, hi]
+    (at least k of them, none above), to its top-k set: the entries whose key is at least
+    the k-th largest (_scratch_top_k's histogram levels, on the entries in registers),
+    moved to its front, so that the scratch stage holds them in registers.  Returns
+    (that key, their count)."""
     pos = tl.arange(0, 2 * CHUNK)
     entry = tl.load(scratch_row + pos, mask=pos < n, other=0, cache_modifier=".cg")
-    key = ((entry >> 32) & 0xFFFFFFFF).to(tl.uint32)
-    t = _kth_key(key, k)
-    keep = (pos < n) & (key >= t)
+    t = _scratch_top_k(scratch_row, n, entry, k, lo, hi, tl.full([], 0, tl.int32), BIN_BITS,
+                       2 * CHUNK)
+    keep = (pos < n) & (((entry >> 32) & 0xFFFFFFFF) >= t)
     tl.debug_barrier()          # every entry is read before any moves
     tl.store(scratch_row + tl.cumsum(keep.to(tl.int32), 0) - 1, entry, mask=keep)
     tl.debug_barrier()
@@ -2400,10 +2431,13 @@ def _split_kernel(
                         tl.store(tail + 7, 1)
                     elif one:        # the chunks gathered the candidates: settle now
                         n = tl.load(tail + 2, cache_modifier=".cg")
-                        t = _max_part(parts_row, n_chunks, 0)
-                        if (n > CHUNK) & (n <= min(2 * CHUNK, CAP)):
-                            t_k, n = _top_k_of_scratch(scratch_row, n, k, CHUNK)
-                            t = t_k.to(tl.int64)
+                        t = tl.maximum(_max_part(parts_row, n_chunks, 0), KEY_NEG_INF + 1)
+                        # narrowed: to fit the scratch stage's registers, or for top-p
+                        # by pairs (_small_top_p)
+                        small = p_on & (k <= SMALL_TOP_P) & (n > SMALL_TOP_P)
+                        if ((n > CHUNK) | small) & (n <= min(2 * CHUNK, CAP)):
+                            t, n = _top_k_of_scratch(scratch_row, n, k, t,
+                                                     _key(m).to(tl.int64), BIN_BITS, CHUNK)
                         _put(st, 30, m)
                         cand_lo = _lane_bracket(st, t, m, k, k_on, p, p_on,
                                                 _min_p_floor(m, inv_t, m_on, log_mp), seed,

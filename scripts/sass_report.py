@@ -419,13 +419,16 @@ def estimate(gpu, B, V, itemsize, passes, registers, warps, block, launch_progra
 # logit 1: 11; 18 while each of those loops read the scratch again; launch 1 of a top-k
 # row from group maxima, no search: the chunks' summaries, the group maxima, the stash: 3;
 # such a row settled in that launch (sampler._one_launch_row: each chunk collects its own
-# candidates after its pass 1), the chunks' summaries 1 and the collect's 11: 12; 14 where
-# S x k candidates outnumber CHUNK, narrowed to the top-k set first: their keys, then the
-# move and the reload).
+# candidates after its pass 1), the chunks' summaries 1 and the collect's 11: 12; 2 more
+# where its candidates are narrowed to the top-k set first (their keys, then the move and
+# the reload).  Top-p by pairs (sampler._small_top_p, a top-k of at most SMALL_TOP_P:
+# the scratch then holds about k entries) reads the scratch's entries once, 1 where its
+# levels took 6.)
 LAUNCH_S = 2.0e-6
 MEMSET_S = 1.0e-6
 TAIL_TRIPS = {"race": 4, "first": 8, "first (lane)": 3, "bin masses": 8, "collect": 11,
-              "one launch": 12, "one launch, narrowed": 14}
+              "collect, top-p by pairs": 6, "one launch": 12, "one launch, narrowed": 14,
+              "one launch, top-p by pairs": 7, "one launch, narrowed, top-p by pairs": 9}
 
 
 def estimate_split(gpu, B, V, itemsize, launches, registers, warps, block, chunks):
@@ -553,15 +556,23 @@ def split_table(results, gpu, batches=(1, 8, 64)):
         later = [x for x in later if x is not None]
         if whole is None or (filtered and not later):
             continue
-        launches = [(x["typical"][0], [per_pass(x)[x["typical"][0]]]) for x in [r] + later]
-        registers = max(x["registers"] for x in [r] + later)
         spec = next(s for s in SPECS if s.name == r["spec"])
+        # a top-k of at most SMALL_TOP_P with top-p: top-p by pairs after the collect
+        pairs = "top_p" in spec.params and \
+            spec.params.get("top_k", math.inf) <= sampler.SMALL_TOP_P.value
+
+        def tail(stream):
+            return f"{stream}, top-p by pairs" if pairs and stream == "collect" else stream
+        launches = [(tail(x["typical"][0]), [per_pass(x)[x["typical"][0]]])
+                    for x in [r] + later]
+        registers = max(x["registers"] for x in [r] + later)
         passes = [per_pass(whole)[p] for p in whole["typical"]]
         cells = []
         for B in batches:
             one, _ = estimate(gpu, B, V_REPORT, whole["itemsize"], passes,
                               whole["registers"], whole["warps"], whole["block"], 2 * gpu.sms)
-            one += LAUNCH_S + sum(TAIL_TRIPS[p] - 1 for p in whole["typical"]) * gpu.latency_s
+            one += LAUNCH_S + sum(TAIL_TRIPS[tail(p)] - 1 for p in whole["typical"]) * \
+                gpu.latency_s
             plan = sampler.split_plan(B, V_REPORT, torch.device("cuda"), filtered,
                                       programs=gpu.sms)
             if plan is None:
@@ -573,9 +584,12 @@ def split_table(results, gpu, batches=(1, 8, 64)):
                 a = call_for(spec, 1)
                 kwargs = sampler.split_kernel_args(a, chunks, block=block)[2]
                 if not sampler.collect_launch(a, chunks, kwargs):  # settled in launch 1
-                    tail = "one launch, narrowed" if a.top_k * chunks > kwargs["CHUNK"] \
-                        else "one launch"
-                    called = [(tail, [per_pass(r)[p] for p in ("first (lane)", "collect")])]
+                    # the chunks' candidates, about k each: narrowed as the kernel does
+                    narrowed = a.top_k * chunks > kwargs["CHUNK"] or \
+                        (pairs and a.top_k * chunks > sampler.SMALL_TOP_P.value)
+                    called = [("one launch" + ", narrowed" * narrowed +
+                               ", top-p by pairs" * pairs,
+                               [per_pass(r)[p] for p in ("first (lane)", "collect")])]
             t = estimate_split(gpu, B, V_REPORT, r["itemsize"], called,
                                registers if called is launches else r["registers"],
                                max(4, min(16, block // 256)), block, chunks)

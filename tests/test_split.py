@@ -144,12 +144,15 @@ def test_rows_past_the_first_launch_still_collect():
 
 
 @pytest.mark.parametrize("params", [dict(top_k=30), dict(temperature=0.6, top_k=28, top_p=0.8),
-                                    dict(temperature=0.9, top_k=30, top_p=0.95, min_p=0.01)],
-                         ids=["top_k", "top_k_top_p", "all"])
-def test_more_chunk_candidates_than_the_registers_hold(params):
+                                    dict(temperature=0.9, top_k=30, top_p=0.95, min_p=0.01),
+                                    dict(temperature=0.7, top_k=10, top_p=0.9)],
+                         ids=["top_k", "top_k_top_p", "all", "small_top_p"])
+def test_the_last_program_narrows_the_chunks_candidates(params):
     # 9 chunks of one tile, some 30 candidates each: more than CHUNK (256), so the last
     # program keeps the top-k set alone (_top_k_of_scratch) before the scratch stage;
-    # ties at the k-th key (row 1) are all kept
+    # some 90 with a top-k of 10 and top-p: narrowed too, so that top-p runs by pairs
+    # (_small_top_p, at most 16 entries at this tile); ties at the k-th key (row 1) are
+    # all kept
     x = llm_like(2, 9 * 256, seed=10)
     top = x[1].topk(40).values
     x[1, torch.isin(x[1], top[25:35])] = top[29]
