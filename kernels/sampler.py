@@ -394,13 +394,15 @@ def _top_k_mass_bounds(cnt, span_lo, span_hi, shift, bk, n_min, above_lo, above_
 
 
 @_device
-def _top_p_window(cnt, lo_m, hi_m, span_lo, span_hi, shift, above_lo, above_hi, cnt_above,
-                  pk_lo, pk_hi, floor_key, NB: tl.constexpr):
+def _top_p_window(cnt, lo_m, hi_m, one_lo, span_lo, span_hi, shift, above_lo, above_hi,
+                  cnt_above, pk_lo, pk_hi, floor_key, NB: tl.constexpr):
     """The bins whose tokens top-p may keep or drop, given bounds on each bin's mass.
 
     A token's top-p test compares the mass strictly above it with p * K.  The mass above
-    the span lies in [above_lo, above_hi].  A bin is surely kept when even its upper bound
-    (everything above it plus its own mass) is below p * K_lo; surely dropped when the mass above it is at least p * K_hi, or when top-k or
+    the span lies in [above_lo, above_hi].  A bin is surely kept when even the upper bound
+    of the mass above its lowest token (everything above the bin, plus the bin's mass
+    less that token's own, at least ``one_lo``) is below p * K_lo; surely dropped when the
+    mass above it is at least p * K_hi, or when top-k or
     min-p (keys below floor_key) drops it whole.  Kept bins are a top prefix, dropped ones
     a bottom suffix; the bins between form the window.  With single-key bins (shift 0)
     and exact masses a token's own bin is a tie group, so the test is exact and the
@@ -409,12 +411,16 @@ def _top_p_window(cnt, lo_m, hi_m, span_lo, span_hi, shift, above_lo, above_hi, 
     """
     bins = tl.arange(0, NB)
     ha = above_hi + tl.cumsum(hi_m, 0, reverse=True) - hi_m
-    kept = ha + tl.where(shift > 0, hi_m, 0.0) < pk_lo
+    # an empty bin counts as kept and as dropped: the window ends at tokens (empty bins
+    # between a boundary hit exactly and the next token kept its span, and the search's
+    # shift, from narrowing: docs/reliability.md, 2026-12-01)
+    empty = cnt == 0
+    kept = empty | (ha + tl.where(shift > 0, hi_m - tl.where(empty, 0.0, one_lo), 0.0) < pk_lo)
     whi = tl.max(tl.where(kept, -1, bins), 0)
     la = above_lo + tl.cumsum(lo_m, 0, reverse=True) - lo_m
     # bins wholly below floor_key: their highest key is below it
     below_floor = bins.to(tl.int64) < ((floor_key - span_lo) >> shift)
-    dropped = (la >= pk_hi) | below_floor
+    dropped = empty | (la >= pk_hi) | below_floor
     wlo = tl.min(tl.where(dropped, NB, bins), 0)
     in_win = (bins >= wlo) & (bins <= whi)
     n_above = cnt_above + tl.sum(tl.where(bins > whi, cnt, 0), 0).to(tl.int64)
@@ -1114,7 +1120,7 @@ def _scratch_top_p(scratch_row, binmass_row, n, held, m, inv_t, b_lo, b_hi,
         tl.debug_barrier()
         mass = tl.load(_here(binmass_row) + bins, cache_modifier=".cg").to(tl.float64)
         done, theta, new_lo, new_hi, n_win, new_above = _top_p_window(
-            cnt, mass, mass, lo, hi, shift, mass_above, mass_above, cnt_above, pk, pk,
+            cnt, mass, mass, 0.0, lo, hi, shift, mass_above, mass_above, cnt_above, pk, pk,
             floor_key, NB)
         mass_above = mass_above + tl.sum(tl.where(_bin_lo(lo, shift, bins) > new_hi, mass, 0.0),
                                          0)
@@ -1548,8 +1554,8 @@ def _classify_b(hist_row, binmass_row, b_lo, b_hi, b_shift, b_above, b_mass_lo, 
         lo_m = tl.load(_here(binmass_row) + bins, cache_modifier=".cg").to(tl.float64)
         hi_m = lo_m
     done, theta, new_lo, new_hi, n_win, above_win = _top_p_window(
-        hist_b, lo_m, hi_m, b_lo, b_hi, b_shift, b_mass_lo, b_mass_hi, b_above, pk_lo, pk_hi,
-        floor_key, NB)
+        hist_b, lo_m, hi_m, one_lo, b_lo, b_hi, b_shift, b_mass_lo, b_mass_hi, b_above, pk_lo,
+        pk_hi, floor_key, NB)
     return done, theta, new_lo, new_hi, _next_shift(new_lo, new_hi, BIN_BITS), \
         above_win.to(tl.int32), tl.where(done, 0, n_win).to(tl.int32)
 
@@ -1950,6 +1956,8 @@ def _search(row_ptr, V, m, z, V_Z, inv_t, k, k_on, p, p_on, key_mp, seed, offset
                                  tl.load(_here(hist_row) + bins), 0), 0).to(tl.int64)
     n_cand = tl.where(~a_done & (cand_lo == a_lo), a_above + n_a, n_cand)
     n_cand = tl.where(~b_done & (cand_lo == b_lo), b_above + n_b, n_cand)
+    # top-p settled by the search: b_above counts the keys >= theta_p exactly
+    n_cand = tl.where(p_on & b_done & (cand_lo == theta_p), b_above, n_cand)
     dense = n_cand > CAP
     passes += bins_ready.to(tl.int32)            # bin masses summed ahead, not needed
     _stash(st, a_done, a_lo, a_hi, a_shift, a_above, a_mass_lo, a_mass_hi, theta_k, b_done,

@@ -62,7 +62,7 @@ def calls(draw, vocabs=VOCABS, max_batch=3):
     nan = float("nan")
     temperature = per_row([0.0, 1e-40, 1e-30, 1e-3, 0.5, 1.0, 2.0, 1e4, float("inf")], [-1.0, nan])
     top_k = draw(st.one_of(st.none(),
-                           st.just(per_row([-1, 0, 1, 2, V - 1, V, V + 5, 2 ** 40]))))
+                           st.just(per_row([-1, 0, 1, 2, 5, V - 1, V, V + 5, 2 ** 40]))))
     top_p = draw(st.one_of(st.none(), st.just(per_row([5e-324, 1e-9, 0.1, 0.5, 0.9, 0.999, 1.0],
                                                       [0.0, -1.0, 1.5, nan]))))
     min_p = draw(st.one_of(st.none(), st.just(per_row([0.0, 1e-6, 0.05, 0.5, 1.0],

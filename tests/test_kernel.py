@@ -72,6 +72,22 @@ def test_matches_reference_on_llm_like_logits(case, cfg):
     assert_matches_reference(llm_like(2, V, seed=len(case)), CONFIGS[cfg], **CASES[case])
 
 
+@pytest.mark.parametrize("bin_bits", [4, 6])
+def test_top_p_boundary_hit_exactly_between_far_apart_tokens(bin_bits):
+    # found by the fuzz campaign (seed 20261203, docs/reliability.md): at T = inf every
+    # weight is 1 and p * Z = 128 falls exactly between two tokens.  Row 0: the tokens on
+    # either side lie in bins far apart (1.0 and 0.25), whose bounds could not place
+    # them; row 1: empty bins between the boundary and the next token (positive and
+    # negative logits) held the search's window, and its shift, open.  Both searches ran
+    # to the cap and kept 134 and 70 tokens for 128; the search now closes in a few reads
+    i = torch.arange(256)[None].float()
+    x = torch.cat([torch.cat([torch.full((1, 128), 1.0), torch.zeros(1, 128)], 1) + i * 1e-3,
+                   torch.where(i < 128, 1e-3 * (i + 1), -1e-3 * (i - 127))])
+    passes = assert_matches_reference(x, dict(block=32, bin_bits=bin_bits, cap=16),
+                                      temperature=float("inf"), top_p=0.5, order="joint")
+    assert int(passes.max()) <= 6, passes
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
                          ids=["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("case", ["top_k_top_p", "top_p", "all"])
