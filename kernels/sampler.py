@@ -2446,7 +2446,6 @@ def _split_kernel(
                         if ((n > CHUNK) | small) & (n <= min(2 * CHUNK, CAP)):
                             t, n = _top_k_of_scratch(scratch_row, n, k, t,
                                                      _key(m).to(tl.int64), BIN_BITS, CHUNK)
-                        _put(st, 30, m)
                         cand_lo = _lane_bracket(st, t, m, k, k_on, p, p_on,
                                                 _min_p_floor(m, inv_t, m_on, log_mp), seed,
                                                 offset)

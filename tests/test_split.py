@@ -123,8 +123,9 @@ def test_a_small_top_k_settles_in_the_first_launch(case, chunks):
 
 
 def test_rows_past_the_first_launch_still_collect():
-    # S x k over CHUNK, or top-p in the joint order (its Z is the whole row's), launch
-    # the collect; a per-row top-k mixes rows that settle in launch 1 and rows that wait
+    # S x k over the bound (512 here), a top-k past lane_k, or top-p in the joint order
+    # (its Z is the whole row's) launch the collect; so does a per-row top-k, which mixes
+    # rows that settle in launch 1 and rows that wait
     x = llm_like(3, 600, seed=8)
     assert collect_launch(call(x, top_k=9), 64, ONE)
     assert not collect_launch(call(x, top_k=8), 64, ONE)
@@ -141,6 +142,7 @@ def test_rows_past_the_first_launch_still_collect():
     wide = call(llm_like(1, 17 * 256, seed=9), top_k=31)
     assert collect_launch(wide, 17, ONE)
     assert_split_matches(wide, 17, ONE)
+    assert_split_matches(call(x, top_k=4, top_p=0.9, order="joint"), 2, ONE)
 
 
 @pytest.mark.parametrize("params", [dict(top_k=30), dict(temperature=0.6, top_k=28, top_p=0.8),
@@ -159,7 +161,6 @@ def test_the_last_program_narrows_the_chunks_candidates(params):
     a = call(x, **params)
     assert not collect_launch(a, 9, ONE)
     assert_split_matches(a, 9, ONE)
-    assert_split_matches(call(x, top_k=4, top_p=0.9, order="joint"), 2, ONE)
 
 
 def test_top_p_alone_sums_its_bin_masses_in_a_launch_of_their_own():
